@@ -1,0 +1,276 @@
+"""The one configuration type of a training run, and its validation.
+
+A `Config` is built from CLI flags, a YAML file or a dict (a Ray Tune sample) through `Config.from_dict`,
+which rejects unknown keys, wrong types and out-of-range values with a one-line `ConfigError` naming the
+field, the bad value and what is allowed. Everything downstream receives a valid config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import numbers
+import os
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+METHODS = ("supcon", "simclr", "ce")
+MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200")
+NAMED_DATASETS = ("digits", "cifar10", "cifar100")
+AUGMENTATIONS = ("crop_flip", "autoaugment", "randaugment", "simaugment", "stacked_randaugment")
+OPTIMIZERS = ("sgd", "rmsprop", "lars")
+SCHEDULES = ("cosine", "exponential", "step", "constant")
+STEMS = ("auto", "cifar", "imagenet")
+LOSS_VARIANTS = ("out", "in")
+CONTRAST_MODES = ("all", "one")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. The message is one line naming the field, value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything one training run (one trial) needs. Defaults follow the paper's CIFAR recipe, scaled down
+    so that the embedded `digits` dataset trains in about a minute on a 2-core CPU."""
+
+    # What is trained
+    method: Literal["supcon", "simclr", "ce"] = "supcon"
+    dataset: str = "digits"  # digits | cifar10 | cifar100 | imagefolder:PATH
+    data_root: str = "./data"
+    download: bool = False  # torchvision datasets download only when asked
+    image_size: int | None = None  # None: the dataset's native size (digits: 16)
+    val_fraction: float = 0.1  # stratified hold-out from train, for model selection and tuning
+    model: str = "resnet18"
+    width: float = 0.25  # channel-width multiplier; 1.0 is the standard ResNet
+    stem: str = "auto"  # auto picks "cifar" below 64 px, "imagenet" otherwise
+    projection_dim: int = 128
+    sync_batchnorm: bool = False
+
+    # Contrastive stage (supcon/simclr) or the single cross-entropy stage (ce)
+    epochs: int = 10
+    batch_size: int = 128  # global, over all workers
+    augmentation: str = "simaugment"
+    randaugment_n: int = 2
+    randaugment_m: int = 9
+    n_views: int = 2
+    temperature: float = 0.1
+    loss_variant: Literal["out", "in"] = "out"
+    contrast_mode: Literal["all", "one"] = "all"
+    scale_by_temperature: bool = True  # the paper rescales the loss by t for stability
+    max_positives: int | None = None
+    optimizer: str = "sgd"
+    lr: float = 0.5  # per 256 images, scaled linearly with the global batch size
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+    lr_decay_rate: float = 0.97  # per epoch, for the exponential schedule
+    lr_step_epochs: int = 30  # for the step schedule (x0.1 every this many epochs)
+
+    # Linear stage (supcon/simclr always; ce only with ce_two_stage)
+    linear_epochs: int = 5
+    linear_batch_size: int = 128
+    linear_augmentation: str = "crop_flip"
+    linear_optimizer: str = "sgd"
+    linear_lr: float = 1.0
+    linear_momentum: float = 0.9
+    linear_weight_decay: float = 0.0
+    linear_schedule: str = "cosine"
+    ce_two_stage: bool = False
+
+    # How it runs
+    seed: int = 0
+    num_workers: int = 1  # Ray Train workers
+    use_gpu: bool = False
+    loader_workers: int = 0  # DataLoader processes per Train worker
+    amp: bool = True  # bf16 autocast and channels_last, on GPU only
+    checkpoint_every: int = 1  # epochs between checkpoints
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, source: str = "config") -> "Config":
+        """Build a validated config from a mapping. `source` names where the values came from (a file, a
+        space) and prefixes every error message."""
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{source}: expected a mapping of config fields, got {type(values).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        hints = typing.get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"{source}: unknown key {key!r}{hint}; allowed keys: {', '.join(known)}")
+            kwargs[key] = _coerce(key, value, hints[key], source)
+        config = cls(**kwargs)
+        config.validate(source=source)
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> "Config":
+        """Load a YAML file of config fields (safe loader), apply `overrides`, validate."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"--config {path}: no such file")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of config fields, got {type(values).__name__}")
+        return cls.from_dict({**values, **(overrides or {})}, source=str(path))
+
+    def replace(self, **changes: Any) -> "Config":
+        """A validated copy with some fields changed."""
+        return Config.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, *, source: str = "config") -> None:
+        """Raise `ConfigError` on the first invalid field."""
+
+        def fail(name: str, allowed: str) -> None:
+            raise ConfigError(f"{source}: invalid {name}={getattr(self, name)!r}; allowed: {allowed}")
+
+        def choice(name: str, options: tuple[str, ...]) -> None:
+            if getattr(self, name) not in options:
+                fail(name, " | ".join(options))
+
+        choice("method", METHODS)
+        if self.dataset not in NAMED_DATASETS and not (
+            self.dataset.startswith("imagefolder:") and len(self.dataset) > len("imagefolder:")
+        ):
+            fail("dataset", " | ".join(NAMED_DATASETS) + " | imagefolder:PATH")
+        choice("model", MODELS)
+        choice("stem", STEMS)
+        choice("augmentation", AUGMENTATIONS)
+        choice("linear_augmentation", AUGMENTATIONS)
+        choice("optimizer", OPTIMIZERS)
+        choice("linear_optimizer", OPTIMIZERS)
+        choice("schedule", SCHEDULES)
+        choice("linear_schedule", SCHEDULES)
+        choice("loss_variant", LOSS_VARIANTS)
+        choice("contrast_mode", CONTRAST_MODES)
+
+        positive_floats = ("temperature", "lr", "linear_lr", "width", "lr_decay_rate")
+        for name in positive_floats:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                fail(name, "a finite number > 0")
+        if self.lr_decay_rate > 1:
+            fail("lr_decay_rate", "a number in (0, 1]")
+        for name in ("weight_decay", "linear_weight_decay", "momentum", "linear_momentum"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                fail(name, "a finite number >= 0")
+        if not 0 < self.val_fraction < 1:
+            fail("val_fraction", "a number in (0, 1)")
+        for name in ("batch_size", "linear_batch_size"):
+            if getattr(self, name) < 2:
+                fail(name, "an integer >= 2")
+        for name in ("epochs", "projection_dim", "num_workers", "checkpoint_every", "lr_step_epochs"):
+            if getattr(self, name) < 1:
+                fail(name, "an integer >= 1")
+        for name in ("linear_epochs", "warmup_epochs", "loader_workers", "seed", "randaugment_n"):
+            if getattr(self, name) < 0:
+                fail(name, "an integer >= 0")
+        if self.method != "ce" and self.linear_epochs < 1:
+            fail("linear_epochs", f"an integer >= 1 for method {self.method!r} (its classifier is the linear stage)")
+        if self.ce_two_stage and self.linear_epochs < 1:
+            fail("linear_epochs", "an integer >= 1 when ce_two_stage is true")
+        if not 0 <= self.randaugment_m <= 30:
+            fail("randaugment_m", "an integer in 0..30")
+        if self.n_views < 2 and self.method != "ce":
+            fail("n_views", "an integer >= 2 for contrastive methods")
+        if self.n_views < 1:
+            fail("n_views", "an integer >= 1")
+        if self.max_positives is not None and self.max_positives < 1:
+            fail("max_positives", "an integer >= 1, or null for no cap")
+        if self.image_size is not None and self.image_size < 8:
+            fail("image_size", "an integer >= 8, or null for the dataset's native size")
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            fail("warmup_epochs", f"an integer < epochs ({self.epochs})")
+        if self.batch_size % self.num_workers:
+            fail("batch_size", f"a multiple of num_workers ({self.num_workers}); it is the global batch")
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def is_contrastive(self) -> bool:
+        return self.method in ("supcon", "simclr")
+
+    @property
+    def has_linear_stage(self) -> bool:
+        return self.is_contrastive or self.ce_two_stage
+
+    def scaled_lr(self, base_lr: float, batch_size: int) -> float:
+        """Linear scaling rule: learning rates are given per 256 images."""
+        return base_lr * batch_size / 256
+
+
+def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
+    """Check `value` against the field's type hint; accept ints for floats and numeric strings from YAML/CLI."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        hint = type(args[0])
+
+    def bad() -> ConfigError:
+        return ConfigError(
+            f"{source}: invalid {name}={value!r}; expected {getattr(hint, '__name__', hint)}, "
+            f"got {type(value).__name__}"
+        )
+
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise bad()
+    if hint is int:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, numbers.Real) and float(value).is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if hint is float:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, numbers.Real):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise bad()
+    return value  # pragma: no cover - every field is covered above
