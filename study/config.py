@@ -204,6 +204,10 @@ class Config:
             fail("image_size", "an integer >= 8, or null for the dataset's native size")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
             fail("warmup_epochs", f"an integer < epochs ({self.epochs})")
+        if self.nesterov and (self.optimizer == "rmsprop" or self.momentum == 0):
+            fail("nesterov", "false with optimizer 'rmsprop' or momentum 0 (Nesterov needs SGD/LARS momentum)")
+        if self.sync_batchnorm and not self.use_gpu:
+            fail("sync_batchnorm", "false without use_gpu (torch's SyncBatchNorm runs on GPUs only)")
         if self.batch_size % self.num_workers:
             fail("batch_size", f"a multiple of num_workers ({self.num_workers}); it is the global batch")
 

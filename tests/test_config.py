@@ -33,6 +33,8 @@ BAD_VALUES = [
     ({"randaugment_m": 31}, "randaugment_m=31", "0..30"),
     ({"batch_size": 5, "num_workers": 2}, "batch_size=5", "multiple of num_workers"),
     ({"method": "supcon", "linear_epochs": 0}, "linear_epochs=0", ">= 1"),
+    ({"optimizer": "rmsprop", "nesterov": True}, "nesterov=True", "rmsprop"),
+    ({"sync_batchnorm": True}, "sync_batchnorm=True", "use_gpu"),
     ({"epochs": "ten"}, "epochs='ten'", "expected int"),
     ({"temperature": "hot"}, "temperature='hot'", "expected float"),
     ({"download": "maybe"}, "download='maybe'", "expected bool"),
