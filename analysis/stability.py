@@ -1,0 +1,679 @@
+"""Stability of SupCon vs cross-entropy under hyperparameter changes (the paper's Sec. 4.3, Fig. 4a).
+
+Pure functions of a sweep's `results.parquet` table (one row per trial; see the shared interfaces). The
+unit of the analysis is a *setting*: one combination of hyperparameter values, replicated over seeds.
+For each hyperparameter family (the `varied` column of a one-at-a-time design; the whole grid or search
+otherwise) and each method, the spread is measured over the settings' seed-mean accuracies, so seed noise
+is averaged out before the spread is taken.
+
+Trial statuses:
+- `completed` with a finite metric: used.
+- `diverged`: an instability of the method, never dropped silently. Policy `"chance"` (default) counts it
+  as chance accuracy (100 / num_classes); policy `"apart"` leaves it out of the numbers and reports it
+  beside them. Every returned frame records the policy in a `diverged_policy` column.
+- `failed` (a crash), `stopped_early` (ASHA cut its budget) and anything else (still running): left out
+  and counted.
+
+Uncertainty comes from a bootstrap over seeds: within each setting its seeds are resampled with
+replacement. Resampled deviations from the setting's mean are inflated by sqrt(n / (n - 1)) so that a
+resampled mean has the variance of a sample mean (the plain bootstrap understates it by (n - 1) / n,
+which matters with 3 seeds), and intervals for spreads are *basic* (reverse-percentile) intervals, which
+correct the upward bias that seed noise gives any spread estimate. With one seed per setting there is
+nothing to resample and the intervals are NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+STATUSES = ("completed", "diverged", "failed", "stopped_early")
+DIVERGED_POLICIES = ("chance", "apart")
+# `varied` values that are not a hyperparameter name.
+BASE, GRID, SEARCH = "base", "grid", "search"
+DESIGN_FAMILIES = (GRID, SEARCH)
+# Columns of the results table that are not hyperparameters.
+STANDARD_COLUMNS = (
+    "study", "trial_id", "method", "varied", "seed", "status", "epochs_run", "val_top1", "val_top5",
+    "test_top1", "test_top5", "wall_seconds", "checkpoint", "error", "config",
+)
+# Classes of the named datasets, for chance accuracy when a config does not carry `num_classes`.
+DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
+METHOD_NAMES = {"supcon": "SupCon", "ce": "cross-entropy", "simclr": "SimCLR"}
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def method_name(method: str) -> str:
+    """How a method is written in prose and legends."""
+    return METHOD_NAMES.get(method, str(method))
+
+
+def hyperparameter_columns(results: pd.DataFrame) -> list[str]:
+    """The hyperparameter columns of a results table: every column that is not a standard one."""
+    return [c for c in results.columns if c not in STANDARD_COLUMNS]
+
+
+def format_value(value: object) -> str:
+    """A hyperparameter value as a short, stable label (0.5, 1e-05, 'lars')."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "NA"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:g}"
+    return str(value)
+
+
+def _check_policy(diverged: str) -> None:
+    if diverged not in DIVERGED_POLICIES:
+        raise ValueError(f"diverged={diverged!r} is not a policy; allowed: {' | '.join(DIVERGED_POLICIES)}")
+
+
+def _check_columns(results: pd.DataFrame, needed: Iterable[str]) -> None:
+    missing = [c for c in needed if c not in results.columns]
+    if missing:
+        raise ValueError(f"results table lacks column(s) {', '.join(missing)}; it needs {', '.join(needed)}")
+
+
+def _config_of(row_config: object) -> dict:
+    if isinstance(row_config, dict):
+        return row_config
+    if isinstance(row_config, str) and row_config.strip():
+        try:
+            parsed = json.loads(row_config)
+        except json.JSONDecodeError:
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
+    return {}
+
+
+def _find_key(mapping: dict, key: str, depth: int = 3) -> object:
+    """`mapping[key]`, or the first value of `key` in nested mappings (a searched trial's config nests the
+    fixed settings), or None."""
+    if key in mapping:
+        return mapping[key]
+    if depth > 0:
+        for value in mapping.values():
+            if isinstance(value, dict):
+                found = _find_key(value, key, depth - 1)
+                if found is not None:
+                    return found
+    return None
+
+
+def trial_num_classes(results: pd.DataFrame, num_classes: int | None = None) -> pd.Series:
+    """Number of classes of each trial's dataset: `num_classes` when given, else the config's
+    `num_classes`, else the named dataset's; NaN when it cannot be told (an imagefolder dataset)."""
+    if num_classes is not None:
+        if not (isinstance(num_classes, (int, np.integer)) and num_classes >= 2):
+            raise ValueError(f"num_classes={num_classes!r} is invalid; allowed: an integer >= 2")
+        return pd.Series(float(num_classes), index=results.index)
+    configs = results["config"] if "config" in results.columns else pd.Series([None] * len(results), index=results.index)
+    values = []
+    for config in configs:
+        parsed = _config_of(config)
+        classes = _find_key(parsed, "num_classes") or DATASET_CLASSES.get(str(_find_key(parsed, "dataset") or ""))
+        values.append(float(classes) if classes else math.nan)
+    return pd.Series(values, index=results.index, dtype=float)
+
+
+def chance_top1(results: pd.DataFrame, num_classes: int | None = None) -> float:
+    """Chance top-1 (percent) of the study's dataset, 100 / num_classes; NaN when it cannot be told."""
+    classes = trial_num_classes(results, num_classes).dropna().unique()
+    if len(classes) == 0:
+        return math.nan
+    if len(classes) > 1:
+        raise ValueError(f"trials have different numbers of classes {sorted(classes)}; pass num_classes=")
+    return 100.0 / classes[0]
+
+
+def _hyperparameter_frame(results: pd.DataFrame) -> pd.DataFrame:
+    """Hyperparameter values per trial: the table's columns, plus any family named in `varied` that has no
+    column, read from the trial's config JSON."""
+    columns = hyperparameter_columns(results)
+    frame = results[columns].copy()
+    if "varied" in results.columns:
+        named = set(results["varied"].dropna().astype(str)) - {BASE, GRID, SEARCH}
+        for name in sorted(named - set(columns)):
+            frame[name] = [_config_of(c).get(name) for c in results.get("config", [None] * len(results))]
+    return frame
+
+
+# ------------------------------------------------------------------------------------- trial level
+def stability_trials(
+    results: pd.DataFrame,
+    *,
+    diverged: str = "chance",
+    num_classes: int | None = None,
+    metric: str = "test_top1",
+) -> pd.DataFrame:
+    """One row per (hyperparameter family, trial): the long table every stability number and plot uses.
+
+    Families: each value of `varied` other than base/grid/search is a one-at-a-time family, and the
+    method's `base` trials join each of its families (the base combination is one of the values the
+    family varies over); `grid` and `search` trials form one family each; a method with only base trials
+    has the family `base`. Columns: family, method, trial_id, seed, status, setting (label of the
+    combination), value (the family's hyperparameter value for one-at-a-time families, else the setting
+    label), top1 (the metric after the diverged policy; NaN when left out), val_top1 (same policy),
+    diverged (bool), included (bool: counts in the statistics), reason (why not included, else ""),
+    chance_top1, diverged_policy."""
+    _check_policy(diverged)
+    _check_columns(results, ("method", "status", metric))
+    results = results.reset_index(drop=True)
+    hyper = _hyperparameter_frame(results)
+    varied = (results["varied"].astype(str) if "varied" in results.columns
+              else pd.Series(["all"] * len(results)))
+    status = results["status"].astype(str)
+    classes = trial_num_classes(results, num_classes)
+    chance = 100.0 / classes
+    is_diverged = status.eq("diverged")
+    if diverged == "chance" and (is_diverged & chance.isna()).any():
+        trial = results.loc[is_diverged & chance.isna()].iloc[0]
+        raise ValueError(
+            f"cannot tell the number of classes for diverged trial {trial.get('trial_id', '?')!r}; "
+            "pass num_classes= or use diverged='apart'"
+        )
+    metric_values = pd.to_numeric(results[metric], errors="coerce")
+    val_values = (pd.to_numeric(results["val_top1"], errors="coerce") if "val_top1" in results.columns
+                  else pd.Series(math.nan, index=results.index))
+
+    # A setting is the full combination of hyperparameter values, compared as labels.
+    keys = [tuple(format_value(v) for v in row) for row in hyper.itertuples(index=False)]
+    columns = list(hyper.columns)
+    memberships = []  # (family, method, row in results)
+    for method, group in results.groupby("method", sort=True):
+        families = sorted(set(varied[group.index]) - {BASE, GRID, SEARCH})
+        for i in group.index:
+            for family in (families or [BASE]) if varied[i] == BASE else [varied[i]]:
+                memberships.append((family, method, i))
+    out = pd.DataFrame(memberships, columns=["family", "method", "row"])
+    if out.empty:
+        return _empty_trials()
+    settings, values, setting_keys = {}, {}, {}
+    for (family, method), group in out.groupby(["family", "method"], sort=False):
+        # Label a setting by what varies within this family and method only.
+        member_keys = [keys[i] for i in group["row"]]
+        varying = [j for j in range(len(columns)) if len({k[j] for k in member_keys}) > 1]
+        for index, i in zip(group.index, group["row"]):
+            setting_keys[index] = keys[i]
+            if family in columns:
+                settings[index], values[index] = keys[i][columns.index(family)], hyper.at[i, family]
+            elif varying:
+                settings[index] = values[index] = ", ".join(f"{columns[j]}={keys[i][j]}" for j in varying)
+            else:
+                settings[index] = values[index] = family
+    out["setting"] = pd.Series(settings)
+    out["value"] = pd.Series(values, dtype=object)
+    out["_key"] = pd.Series(setting_keys)
+
+    source = out["row"].to_numpy()
+    out["trial_id"] = results["trial_id"].to_numpy()[source] if "trial_id" in results.columns else source
+    out["seed"] = results["seed"].to_numpy()[source] if "seed" in results.columns else 0
+    out["status"] = status.to_numpy()[source]
+    out["diverged"] = is_diverged.to_numpy()[source]
+    out["chance_top1"] = chance.to_numpy()[source]
+    raw = metric_values.to_numpy()[source]
+    raw_val = val_values.to_numpy()[source]
+    top1 = np.where(out["status"].eq("completed"), raw, np.nan)
+    val = np.where(out["status"].eq("completed"), raw_val, np.nan)
+    if diverged == "chance":
+        top1 = np.where(out["diverged"], out["chance_top1"], top1)
+        val = np.where(out["diverged"], out["chance_top1"], val)
+    out["top1"] = top1
+    out["val_top1"] = val
+    reason = []
+    for state, value, is_div in zip(out["status"], raw, out["diverged"]):
+        if state == "completed":
+            reason.append("" if np.isfinite(value) else "no " + metric)
+        elif is_div:
+            reason.append("" if diverged == "chance" else "diverged (shown apart)")
+        elif state in ("failed", "stopped_early"):
+            reason.append(state)
+        else:
+            reason.append("unfinished")
+    out["reason"] = reason
+    out["included"] = out["reason"].eq("") & np.isfinite(out["top1"])
+    out["diverged_policy"] = diverged
+    # One trial per (setting, seed) within a family: a one-at-a-time trial at the base value and the base
+    # trial itself are the same experiment; keep the family's own trial.
+    out["_own"] = [varied[i] != BASE for i in out["row"]]
+    out = out.sort_values(["family", "method", "_own"], ascending=[True, True, False], kind="stable")
+    seeds = out["seed"].astype(str)
+    duplicate = pd.Series(list(zip(out["family"], out["method"], out["_key"], seeds)), index=out.index).duplicated()
+    out = out.loc[~duplicate].sort_values(["family", "method", "row"], kind="stable")
+    return out.drop(columns=["_own", "_key"]).reset_index(drop=True)
+
+
+def _empty_trials() -> pd.DataFrame:
+    return pd.DataFrame(columns=[
+        "family", "method", "setting", "value", "trial_id", "seed", "status", "diverged", "chance_top1",
+        "top1", "val_top1", "reason", "included", "diverged_policy",
+    ])
+
+
+# ------------------------------------------------------------------------------------- bootstrap
+def _padded(groups: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    sizes = np.array([len(g) for g in groups], dtype=int)
+    values = np.full((len(groups), max(sizes.max(initial=1), 1)), np.nan)
+    for k, group in enumerate(groups):
+        values[k, : len(group)] = group
+    return values, sizes
+
+
+def bootstrap_setting_means(
+    groups: Sequence[np.ndarray], n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Bootstrap replicates of each setting's seed mean: array [n_boot, n_settings].
+
+    `groups[k]` holds setting k's per-seed values. Seeds are resampled with replacement within each
+    setting, and resampled deviations from the setting's mean are inflated by sqrt(n / (n - 1)) so the
+    replicate means have the variance of a sample mean. A setting with one seed stays fixed."""
+    values, sizes = _padded(groups)
+    n_settings, width = values.shape
+    draws = np.floor(rng.random((n_boot, n_settings, width)) * sizes[None, :, None]).astype(int)
+    resampled = np.take_along_axis(np.broadcast_to(values, (n_boot, n_settings, width)), draws, axis=2)
+    mask = np.arange(width)[None, None, :] < sizes[None, :, None]
+    means = np.nanmean(values, axis=1)
+    inflation = np.sqrt(sizes / np.maximum(sizes - 1, 1)) * (sizes > 1)
+    sums = np.where(mask, resampled - means[None, :, None], 0.0).sum(axis=2)
+    return means[None, :] + inflation[None, :] * sums / sizes[None, :]
+
+
+def spread(setting_means: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """(std with ddof=1, range) of setting means along `axis`."""
+    return np.std(setting_means, axis=axis, ddof=1), np.ptp(setting_means, axis=axis)
+
+
+def basic_interval(estimate: float, replicates: np.ndarray, confidence: float) -> tuple[float, float]:
+    """Basic (reverse-percentile) bootstrap interval: [2 est - q_hi, 2 est - q_lo]."""
+    low_q, high_q = np.quantile(replicates, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(2 * estimate - high_q), float(2 * estimate - low_q)
+
+
+def percentile_interval(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
+    """Percentile bootstrap interval."""
+    low_q, high_q = np.quantile(replicates, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(low_q), float(high_q)
+
+
+def _check_bootstrap(confidence: float, n_boot: int) -> None:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence={confidence!r} is invalid; allowed: a number in (0, 1)")
+    if not (isinstance(n_boot, (int, np.integer)) and n_boot >= 100):
+        raise ValueError(f"n_boot={n_boot!r} is invalid; allowed: an integer >= 100")
+
+
+def _setting_groups(trials: pd.DataFrame, column: str = "top1") -> tuple[list[str], list[np.ndarray]]:
+    used = trials.loc[trials["included"]]
+    labels, groups = [], []
+    for label, group in used.groupby("setting", sort=False):
+        labels.append(str(label))
+        groups.append(group[column].to_numpy(dtype=float))
+    return labels, groups
+
+
+# ------------------------------------------------------------------------------------- statistics
+def stability_table(
+    results: pd.DataFrame,
+    *,
+    diverged: str = "chance",
+    num_classes: int | None = None,
+    metric: str = "test_top1",
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Spread of top-1 per hyperparameter family and method.
+
+    One row per (family, method) with: n (trials used), n_settings, min_seeds (fewest seeds of a
+    setting), mean (of setting means), std (ddof=1) and range (max - min) of the setting means with
+    bootstrap CIs (std_ci_low/high, range_ci_low/high; NaN with fewer than 2 settings or 1 seed each),
+    worst_drop (the metric of the best setting, chosen by validation top-1 when the table has it, minus
+    the worst setting's), best_setting, worst_setting, best_selected_by, n_diverged, n_failed,
+    n_stopped_early, n_unfinished, n_missing, chance_top1, diverged_policy, confidence."""
+    _check_bootstrap(confidence, n_boot)
+    trials = stability_trials(results, diverged=diverged, num_classes=num_classes, metric=metric)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (family, method), group in trials.groupby(["family", "method"], sort=True):
+        labels, groups = _setting_groups(group)
+        means = np.array([g.mean() for g in groups])
+        std, rng_ = (spread(means) if len(means) >= 2 else (math.nan, math.nan))
+        std_ci = range_ci = (math.nan, math.nan)
+        if len(groups) >= 2 and max(len(g) for g in groups) >= 2:
+            boot = bootstrap_setting_means(groups, n_boot, rng)
+            boot_std, boot_range = spread(boot, axis=1)
+            std_ci = tuple(max(0.0, x) for x in basic_interval(float(std), boot_std, confidence))
+            range_ci = tuple(max(0.0, x) for x in basic_interval(float(rng_), boot_range, confidence))
+        best, worst, selected_by, drop = _best_and_worst(group, labels, means)
+        counts = group["reason"].value_counts()
+        rows.append({
+            "family": family, "method": method, "n": int(group["included"].sum()),
+            "n_settings": len(groups), "min_seeds": min((len(g) for g in groups), default=0),
+            "mean": float(means.mean()) if len(means) else math.nan,
+            "std": float(std), "std_ci_low": std_ci[0], "std_ci_high": std_ci[1],
+            "range": float(rng_), "range_ci_low": range_ci[0], "range_ci_high": range_ci[1],
+            "worst_drop": drop, "best_setting": best, "worst_setting": worst, "best_selected_by": selected_by,
+            "n_diverged": int(group["diverged"].sum()), "n_failed": int(counts.get("failed", 0)),
+            "n_stopped_early": int(counts.get("stopped_early", 0)),
+            "n_unfinished": int(counts.get("unfinished", 0)), "n_missing": int(counts.get("no " + metric, 0)),
+            "chance_top1": float(group["chance_top1"].iloc[0]) if len(group) else math.nan,
+            "diverged_policy": diverged, "confidence": confidence,
+        })
+    return pd.DataFrame(rows, columns=_STABILITY_COLUMNS)
+
+
+_STABILITY_COLUMNS = [
+    "family", "method", "n", "n_settings", "min_seeds", "mean", "std", "std_ci_low", "std_ci_high", "range",
+    "range_ci_low", "range_ci_high", "worst_drop", "best_setting", "worst_setting", "best_selected_by",
+    "n_diverged", "n_failed", "n_stopped_early", "n_unfinished", "n_missing", "chance_top1",
+    "diverged_policy", "confidence",
+]
+
+
+def _best_and_worst(group: pd.DataFrame, labels: list[str], means: np.ndarray) -> tuple[str, str, str, float]:
+    if len(labels) == 0:
+        return "", "", "", math.nan
+    used = group.loc[group["included"]]
+    val_means = used.groupby("setting", sort=False)["val_top1"].mean().reindex(labels).to_numpy(dtype=float)
+    if np.isfinite(val_means).any():
+        best = int(np.nanargmax(val_means))
+        selected_by = "val_top1"
+    else:
+        best = int(np.argmax(means))
+        selected_by = "test_top1"
+    worst = int(np.argmin(means))
+    return labels[best], labels[worst], selected_by, float(means[best] - means[worst])
+
+
+def spread_difference(
+    results: pd.DataFrame,
+    *,
+    first: str = "supcon",
+    second: str = "ce",
+    diverged: str = "chance",
+    num_classes: int | None = None,
+    metric: str = "test_top1",
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Difference in spread, `first` minus `second` (SupCon minus cross-entropy by default), per family
+    that both methods have: std_diff and range_diff with bootstrap CIs (each method's seeds resampled
+    independently) and a verdict: "<first> less spread" / "<second> less spread" when the CI of the
+    range difference excludes 0, "inconclusive" otherwise (or "not enough seeds" without a CI)."""
+    _check_bootstrap(confidence, n_boot)
+    trials = stability_trials(results, diverged=diverged, num_classes=num_classes, metric=metric)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for family in sorted(trials["family"].unique()):
+        a = trials.loc[(trials["family"] == family) & (trials["method"] == first)]
+        b = trials.loc[(trials["family"] == family) & (trials["method"] == second)]
+        _, groups_a = _setting_groups(a)
+        _, groups_b = _setting_groups(b)
+        if len(groups_a) < 2 or len(groups_b) < 2:
+            continue
+        std_a, range_a = spread(np.array([g.mean() for g in groups_a]))
+        std_b, range_b = spread(np.array([g.mean() for g in groups_b]))
+        row = {
+            "family": family, "first": first, "second": second,
+            "std_first": float(std_a), "std_second": float(std_b), "std_diff": float(std_a - std_b),
+            "range_first": float(range_a), "range_second": float(range_b), "range_diff": float(range_a - range_b),
+            "std_diff_ci_low": math.nan, "std_diff_ci_high": math.nan,
+            "range_diff_ci_low": math.nan, "range_diff_ci_high": math.nan,
+            "verdict": "not enough seeds", "diverged_policy": diverged, "confidence": confidence,
+        }
+        if max(len(g) for g in groups_a + groups_b) >= 2:
+            boot_std_a, boot_range_a = spread(bootstrap_setting_means(groups_a, n_boot, rng), axis=1)
+            boot_std_b, boot_range_b = spread(bootstrap_setting_means(groups_b, n_boot, rng), axis=1)
+            row["std_diff_ci_low"], row["std_diff_ci_high"] = basic_interval(
+                row["std_diff"], boot_std_a - boot_std_b, confidence)
+            row["range_diff_ci_low"], row["range_diff_ci_high"] = basic_interval(
+                row["range_diff"], boot_range_a - boot_range_b, confidence)
+            if row["range_diff_ci_high"] < 0:
+                row["verdict"] = f"{first} less spread"
+            elif row["range_diff_ci_low"] > 0:
+                row["verdict"] = f"{second} less spread"
+            else:
+                row["verdict"] = "inconclusive"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=_DIFFERENCE_COLUMNS)
+
+
+_DIFFERENCE_COLUMNS = [
+    "family", "first", "second", "std_first", "std_second", "std_diff", "std_diff_ci_low", "std_diff_ci_high",
+    "range_first", "range_second", "range_diff", "range_diff_ci_low", "range_diff_ci_high", "verdict",
+    "diverged_policy", "confidence",
+]
+
+
+def best_top1(
+    results: pd.DataFrame,
+    *,
+    diverged: str = "chance",
+    num_classes: int | None = None,
+    metric: str = "test_top1",
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Best setting per method and its top-1 with a bootstrap CI over seeds.
+
+    The best setting is chosen by mean validation top-1 (test top-1 when the table has no validation
+    numbers), over every setting of the method (a setting is the full combination of hyperparameter
+    values), so the reported test number is not selected on the test set. Columns: method, setting,
+    n_seeds, val_top1, top1 (mean over seeds), ci_low, ci_high (percentile bootstrap of the mean, NaN
+    with one seed), best_single_trial (the highest metric of any trial, for reference), selected_by,
+    diverged_policy, confidence."""
+    _check_bootstrap(confidence, n_boot)
+    trials = stability_trials(results, diverged=diverged, num_classes=num_classes, metric=metric)
+    rng = np.random.default_rng(seed)
+    rows = []
+    hyper = _hyperparameter_frame(results.reset_index(drop=True))
+    for method, group in trials.loc[trials["included"]].groupby("method", sort=True):
+        # Settings over the full combination; a base trial sits in several families, count it once, and
+        # count one trial per (combination, seed).
+        ids = group.drop_duplicates("row")
+        combos = hyper.iloc[ids["row"].to_numpy()] if len(hyper.columns) else None
+        labels = (["all"] * len(ids) if combos is None else
+                  [", ".join(f"{c}={format_value(v)}" for c, v in zip(hyper.columns, row))
+                   for row in combos.itertuples(index=False)])
+        ids = ids.assign(setting=labels)
+        ids = ids.loc[~ids[["setting", "seed"]].astype(str).duplicated()]
+        stats = ids.groupby("setting", sort=False).agg(
+            val_top1=("val_top1", "mean"), top1=("top1", "mean"), n_seeds=("top1", "size"))
+        if stats["val_top1"].notna().any():
+            best_label, selected_by = stats["val_top1"].idxmax(), "val_top1"
+        else:
+            best_label, selected_by = stats["top1"].idxmax(), metric
+        values = ids.loc[ids["setting"] == best_label, "top1"].to_numpy(dtype=float)
+        ci = (math.nan, math.nan)
+        if len(values) >= 2:
+            ci = percentile_interval(bootstrap_setting_means([values], n_boot, rng)[:, 0], confidence)
+        rows.append({
+            "method": method, "setting": _short_setting(best_label, ids), "n_seeds": int(len(values)),
+            "val_top1": float(stats.at[best_label, "val_top1"]), "top1": float(values.mean()),
+            "ci_low": ci[0], "ci_high": ci[1], "best_single_trial": float(ids["top1"].max()),
+            "selected_by": selected_by, "diverged_policy": diverged, "confidence": confidence,
+        })
+    return pd.DataFrame(rows, columns=[
+        "method", "setting", "n_seeds", "val_top1", "top1", "ci_low", "ci_high", "best_single_trial",
+        "selected_by", "diverged_policy", "confidence",
+    ])
+
+
+def _short_setting(label: str, ids: pd.DataFrame) -> str:
+    """Drop from a full-combination label the hyperparameters that never vary for this method."""
+    parts = [p.split("=", 1) for p in label.split(", ") if "=" in p]
+    if not parts:
+        return label
+    all_labels = [[p.split("=", 1) for p in other.split(", ") if "=" in p] for other in ids["setting"].unique()]
+    varying = {name for j, (name, _) in enumerate(parts) if len({lab[j][1] for lab in all_labels}) > 1}
+    kept = [f"{name}={value}" for name, value in parts if name in varying]
+    return ", ".join(kept) if kept else "base"
+
+
+def status_counts(results: pd.DataFrame) -> pd.DataFrame:
+    """Trials per method and status (one column per status present, plus `total`)."""
+    _check_columns(results, ("method", "status"))
+    counts = pd.crosstab(results["method"].astype(str), results["status"].astype(str))
+    ordered = [s for s in STATUSES if s in counts.columns] + [s for s in counts.columns if s not in STATUSES]
+    counts = counts[ordered]
+    counts["total"] = counts.sum(axis=1)
+    counts.index.name = "method"
+    counts.columns.name = None
+    return counts.reset_index()
+
+
+# ------------------------------------------------------------------------------------- importance
+IMPORTANCE_COLUMNS = ["method", "parameter", "importance", "variance_fraction", "evaluator", "n_trials"]
+
+
+def hyperparameter_importance(
+    source: object,
+    *,
+    results: pd.DataFrame | None = None,
+    method: str | None = None,
+    target: str = "val_top1",
+    diverged: str = "chance",
+    num_classes: int | None = None,
+    evaluator: object | None = None,
+) -> pd.DataFrame:
+    """Importance of each hyperparameter for each method, normalised to sum 1 per method.
+
+    `source` is one of:
+    - a results table (DataFrame): computed from the table without a surrogate model. One-at-a-time
+      designs: a hyperparameter's importance is the variance of its family's setting means. Grid and
+      searched designs: its main-effect variance fraction (the variance of the mean `target` per value,
+      numeric values binned into quintiles when they have more than 6 distinct values, over the total
+      variance; for a full grid this is fANOVA's first-order term). Trials that ran their full budget
+      only; diverged trials follow `diverged`.
+    - an `optuna.Study`, or a path/URL of an Optuna RDB storage (a `.db` file is read as SQLite; every
+      study in it is used): Optuna's `get_param_importances` with `evaluator` (Optuna's default,
+      PED-ANOVA, when None). The method is `method`, else the study name's suffix after its last "-"
+      (the sweep names studies "<space>-<method>"). Pass the `results` table to keep only the trials that
+      ran their full budget: ASHA-stopped trials reach Optuna as COMPLETE with a truncated value, and are
+      matched to the table's `stopped_early` rows by their parameter values.
+
+    Returns columns method, parameter, importance, variance_fraction (NaN for Optuna's evaluators),
+    evaluator, n_trials; empty when there is too little to compute."""
+    if isinstance(source, pd.DataFrame):
+        return _table_importance(source, method=method, target=target, diverged=diverged, num_classes=num_classes)
+    import optuna  # optional for table-only analyses
+
+    if isinstance(source, optuna.Study):
+        studies = [source]
+    elif isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
+        studies = load_optuna_studies(source)
+    else:
+        raise ValueError(f"source of type {type(source).__name__} is not a results DataFrame, an optuna.Study "
+                         "or an Optuna storage path/URL")
+    frames = [_optuna_importance(study, results=results, method=method, evaluator=evaluator) for study in studies]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=IMPORTANCE_COLUMNS)
+
+
+def load_optuna_studies(storage: object) -> list:
+    """Every Optuna study in an RDB storage given as a URL or a path (a file path is read as SQLite)."""
+    import optuna
+
+    text = str(storage.__fspath__() if hasattr(storage, "__fspath__") else storage)
+    if "://" not in text:
+        from pathlib import Path
+
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(f"Optuna storage {text!r} does not exist; allowed: an existing SQLite file or a URL")
+        text = f"sqlite:///{path.resolve()}"
+    names = optuna.get_all_study_names(storage=text)
+    return [optuna.load_study(study_name=name, storage=text) for name in names]
+
+
+def _optuna_importance(study, *, results: pd.DataFrame | None, method: str | None, evaluator) -> pd.DataFrame:
+    import optuna
+
+    name = study.study_name or ""
+    study_method = method or (name.rsplit("-", 1)[-1] if "-" in name else name) or "all"
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if results is not None and "status" in results.columns:
+        cut = results.loc[results["status"].astype(str).eq("stopped_early")]
+        if "method" in cut.columns:
+            cut = cut.loc[cut["method"].astype(str).eq(study_method)]
+        cut_keys = {tuple(sorted((k, format_value(r[k])) for k in r.index if k in hyperparameter_columns(results)
+                                 and pd.notna(r[k]))) for _, r in cut.iterrows()}
+        trials = [t for t in trials
+                  if tuple(sorted((k, format_value(v)) for k, v in t.params.items())) not in cut_keys]
+    if len(trials) < 2:
+        return pd.DataFrame(columns=IMPORTANCE_COLUMNS)
+    filtered = optuna.create_study(directions=study.directions)
+    filtered.add_trials(trials)
+    evaluator_name = type(evaluator).__name__ if evaluator is not None else "PedAnovaImportanceEvaluator"
+    try:
+        importances = optuna.importance.get_param_importances(filtered, evaluator=evaluator)
+    except (ValueError, RuntimeError):
+        return pd.DataFrame(columns=IMPORTANCE_COLUMNS)
+    total = sum(importances.values())
+    rows = [{"method": study_method, "parameter": p, "importance": (v / total if total > 0 else math.nan),
+             "variance_fraction": math.nan, "evaluator": f"optuna {evaluator_name}", "n_trials": len(trials)}
+            for p, v in importances.items()]
+    return pd.DataFrame(rows, columns=IMPORTANCE_COLUMNS)
+
+
+def _table_importance(results: pd.DataFrame, *, method: str | None, target: str, diverged: str,
+                      num_classes: int | None) -> pd.DataFrame:
+    metric = target if target in results.columns and pd.to_numeric(results[target], errors="coerce").notna().any() \
+        else "test_top1"
+    trials = stability_trials(results, diverged=diverged, num_classes=num_classes, metric=metric)
+    trials = trials.loc[trials["included"]]
+    if method is not None:
+        trials = trials.loc[trials["method"] == method]
+    hyper = _hyperparameter_frame(results.reset_index(drop=True))
+    rows = []
+    for name, group in trials.groupby("method", sort=True):
+        families = [f for f in group["family"].unique() if f in hyper.columns]
+        if families:  # one-at-a-time: the variance each family's settings span
+            variances = {}
+            for family in families:
+                means = group.loc[group["family"] == family].groupby("setting")["top1"].mean().to_numpy()
+                if len(means) >= 2:
+                    variances[family] = float(np.var(means))
+            fractions = dict.fromkeys(variances, math.nan)
+            evaluator = "one-at-a-time setting variance"
+            n_trials = int(group["row"].nunique())
+        else:  # grid or search: main-effect variance fraction of each varying hyperparameter
+            unique = group.drop_duplicates("row")
+            y = unique["top1"].to_numpy(dtype=float)
+            if len(y) < 3 or np.var(y) == 0:
+                continue
+            variances, fractions = {}, {}
+            for column in hyper.columns:
+                x = hyper.iloc[unique["row"].to_numpy()][column]
+                labels = _binned(x)
+                if labels.nunique() < 2:
+                    continue
+                means = pd.Series(y).groupby(labels.to_numpy()).transform("mean").to_numpy()
+                variances[column] = float(np.mean((means - y.mean()) ** 2))
+                fractions[column] = variances[column] / float(np.var(y))
+            evaluator = "main-effect variance fraction"
+            n_trials = len(y)
+        total = sum(variances.values())
+        for parameter, variance in sorted(variances.items(), key=lambda kv: -kv[1]):
+            rows.append({"method": name, "parameter": parameter,
+                         "importance": variance / total if total > 0 else math.nan,
+                         "variance_fraction": fractions[parameter], "evaluator": evaluator, "n_trials": n_trials})
+    return pd.DataFrame(rows, columns=IMPORTANCE_COLUMNS)
+
+
+def _binned(values: pd.Series) -> pd.Series:
+    """Labels grouping a hyperparameter's values: quintile bins for numbers with many distinct values."""
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().all() and numeric.nunique() > 6:
+        return pd.qcut(numeric.rank(method="first"), 5, labels=False).astype(str).reset_index(drop=True)
+    return values.map(format_value).reset_index(drop=True)
