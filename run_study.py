@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""supcon-study command line: parses the command, builds validated configs, hands them on. Nothing else.
+
+    python run_study.py                      # the main job on the embedded digits dataset
+    python run_study.py train --method supcon --dataset digits --epochs 5
+    python run_study.py train --config my_run.yaml --num-workers 2
+
+Every config field is a flag (`--linear-lr`, `--temperature`, ...). Invalid input exits with code 2 and a
+one-line message before Ray starts or anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import typing
+import uuid
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from study.config import Config, ConfigError
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Config field. Values stay strings here; Config.from_dict converts and validates them."""
+    group = parser.add_argument_group("run configuration (defaults: study/config.py)")
+    hints = typing.get_type_hints(Config)
+    for item in fields(Config):
+        flag = "--" + item.name.replace("_", "-")
+        if hints[item.name] is bool:
+            group.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=f"(default: {item.default})")
+        else:
+            group.add_argument(flag, dest=item.name, default=argparse.SUPPRESS, metavar="VALUE",
+                               help=f"(default: {item.default})")
+    group.add_argument("--gpu", dest="use_gpu", action="store_true", default=argparse.SUPPRESS,
+                       help="train on GPUs (same as --use-gpu)")
+
+
+def _add_ray_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", default=None,
+                        help="an existing Ray cluster (HOST:PORT, ray://HOST:PORT or 'auto'); default: a local runtime")
+    parser.add_argument("--storage", default="./runs",
+                        help="where runs are stored: a local path, NFS, or an s3:// / gs:// URI (default ./runs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="supcon-study", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train one model under Ray Train")
+    train.add_argument("--config", type=Path, help="YAML file of config fields (flags override it)")
+    train.add_argument("--name", help="run name under --storage; the same name resumes (default from the config)")
+    train.add_argument("--max-failures", type=int, default=2, help="worker failures survived by restarting")
+    _add_ray_flags(train)
+    _add_config_flags(train)
+
+    main_job = commands.add_parser("quickstart", help="the main job (what no arguments runs)")
+    _add_ray_flags(main_job)
+    main_job.add_argument("--epochs", type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The validated Config of a `train` command: YAML file first, flags on top."""
+    overrides = {item.name: getattr(args, item.name) for item in fields(Config) if hasattr(args, item.name)}
+    if args.config is not None:
+        return Config.from_yaml(args.config, overrides)
+    return Config.from_dict(overrides, source="command line")
+
+
+def check_storage(storage: str) -> None:
+    """Refuse a storage path that is a file or cannot be written, before any compute starts."""
+    if "://" in storage:
+        return
+    path = Path(storage).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--storage {storage!r} is a file; expected a folder (created if missing) or a URI")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"--storage {storage!r} is not writable ({error.strerror or error})") from None
+
+
+def command_train(args: argparse.Namespace) -> int:
+    config = config_from_args(args)  # rejected here, before Ray starts or anything is written
+    from study.launch import check_address, run_training
+
+    if args.address:
+        check_address(args.address)
+    check_storage(args.storage)
+    metrics = run_training(config, storage=args.storage, name=args.name, address=args.address,
+                           max_failures=args.max_failures)
+    print(json.dumps({key: value for key, value in metrics.items() if key != "config"}, indent=2, default=str))
+    return 0 if metrics.get("status") == "completed" else 1
+
+
+def command_quickstart(args: argparse.Namespace) -> int:
+    """Train one SupCon and one cross-entropy model on the embedded digits dataset; print both test top-1s."""
+    from study.launch import run_training
+
+    check_storage(args.storage)
+    results = {}
+    for method in ("supcon", "ce"):
+        values: dict[str, Any] = {"method": method, "dataset": "digits"}
+        if args.epochs is not None:
+            values.update(epochs=args.epochs, linear_epochs=args.epochs)
+        config = Config.from_dict(values)
+        print(f"== training {method} on digits ({config.model} x{config.width}, {config.epochs} epochs)", flush=True)
+        results[method] = run_training(config, storage=args.storage, address=args.address)
+    print("\ntest top-1 on digits:")
+    for method, metrics in results.items():
+        print(f"  {method:7s} {metrics.get('test_top1', float('nan')):6.2f}%   ({metrics.get('run_path')})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv or ["quickstart"])
+    handlers = {"train": command_train, "quickstart": command_quickstart}
+    try:
+        return handlers[args.command](args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Ray at the edge: connect to a Ray runtime and run the training loop under Ray Train's `TorchTrainer`.
+
+`RayContext` adapts the loop's `RunContext` to Ray's report/get_checkpoint functions, so the same class
+serves Ray Train workers (here) and single-worker Ray Tune trials (`study.sweep`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from study.checkpoint import MODEL_FILE
+from study.config import Config, ConfigError
+from study.train import format_progress, train
+
+DEFAULT_STORAGE = "./runs"
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+def check_address(address: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
+    """Fail within seconds, with a clear message, when a Ray cluster address does not answer.
+
+    `ray.init` itself retries for a long time before giving up on an unreachable GCS."""
+    if address in ("auto", "local"):
+        return
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address!r}: expected HOST:PORT, ray://HOST:PORT, 'auto' or 'local'")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as error:
+        raise ConfigError(f"--address {address!r}: no Ray cluster answers there ({error.strerror or error})") from None
+
+
+def connect_ray(address: str | None = None, *, dashboard: bool = False, num_cpus: int | None = None) -> None:
+    """Connect to the Ray cluster at `address`, or start a local runtime bound to localhost.
+
+    A local runtime starts without the dashboard unless `dashboard` is true (Ray binds it to 127.0.0.1)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    if address and address != "local":
+        check_address(address)
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 node_ip_address="127.0.0.1")
+
+
+@dataclass
+class RayContext:
+    """RunContext over Ray's report/get_checkpoint (Ray Train's or Ray Tune's; they share a shape)."""
+
+    world_rank: int
+    world_size: int
+    device: torch.device
+    report_fn: Callable[..., None]
+    get_checkpoint_fn: Callable[[], Any]
+    prepare_fn: Callable[[nn.Module], nn.Module]
+    print_progress: bool = True
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        from ray.train import Checkpoint
+
+        if self.print_progress and self.world_rank == 0 and metrics.get("stage") != "final":
+            print(format_progress(metrics), flush=True)
+        checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        self.report_fn(_plain(metrics), checkpoint=checkpoint)
+
+    def latest_checkpoint(self) -> Path | None:
+        checkpoint = self.get_checkpoint_fn()
+        if checkpoint is None:
+            return None
+        # A local checkpoint is read in place; a remote one (S3, GCS) is downloaded first.
+        if os.path.isdir(checkpoint.path):
+            return Path(checkpoint.path)
+        return Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="supcon-resume-")))
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return self.prepare_fn(model)
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics Ray can serialise: floats, ints, strings and booleans."""
+    return {key: value for key, value in metrics.items() if isinstance(value, (int, float, str, bool))}
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """The `train_loop_per_worker` of the TorchTrainer: one worker of a Ray Train run."""
+    import ray.train
+    import ray.train.torch
+
+    config = Config.from_dict(loop_config["config"])
+    context = ray.train.get_context()
+    run_context = RayContext(
+        world_rank=context.get_world_rank(),
+        world_size=context.get_world_size(),
+        device=ray.train.torch.get_device(),
+        report_fn=ray.train.report,
+        get_checkpoint_fn=ray.train.get_checkpoint,
+        prepare_fn=ray.train.torch.prepare_model,
+    )
+    train(config, run_context)
+
+
+def build_trainer(config: Config, *, storage: str, name: str, max_failures: int = 2, callbacks: list | None = None):
+    """A TorchTrainer for one run; the same `name` on the same `storage` resumes from its last checkpoint."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        train_loop_per_worker=train_loop_per_worker,
+        train_loop_config={"config": config.to_dict()},
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers,
+            use_gpu=config.use_gpu,
+            resources_per_worker={"CPU": 1 + config.loader_workers, **({"GPU": 1} if config.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_uri(storage),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),  # two, so a corrupt latest has a fallback
+            failure_config=FailureConfig(max_failures=max_failures),
+            callbacks=callbacks,
+        ),
+    )
+
+
+def storage_uri(storage: str) -> str:
+    """Ray wants absolute local paths; URIs (s3://, gs://, ...) pass through."""
+    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+def default_run_name(config: Config) -> str:
+    dataset = config.dataset.replace("imagefolder:", "").rstrip("/").split("/")[-1] or "data"
+    return f"{config.method}-{dataset}-{config.model}-seed{config.seed}"
+
+
+def run_training(config: Config, *, storage: str = DEFAULT_STORAGE, name: str | None = None,
+                 address: str | None = None, max_failures: int = 2) -> dict[str, Any]:
+    """Train one run under Ray Train and write `metrics.json` beside its checkpoints. Returns the metrics."""
+    connect_ray(address)
+    name = name or default_run_name(config)
+    result = build_trainer(config, storage=storage, name=name, max_failures=max_failures).fit()
+    if result.error is not None:
+        raise result.error
+    metrics = {key: value for key, value in (result.metrics or {}).items() if key in _FINAL_KEYS}
+    metrics.update(name=name, run_path=result.path, config=config.to_dict())
+    if result.checkpoint is not None:
+        metrics["checkpoint"] = f"{result.checkpoint.path}/{MODEL_FILE}"
+    if "://" not in storage:
+        _write_json(Path(result.path) / "metrics.json", metrics)
+    return metrics
+
+
+_FINAL_KEYS = ("status", "val_top1", "val_top5", "test_top1", "test_top5", "diverged_epoch", "epoch", "stage")
+
+
+def _write_json(path: Path, value: Any) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(value, indent=2, sort_keys=True, default=str))
+    os.replace(temporary, path)

@@ -1,0 +1,73 @@
+"""The command line: bad input exits 2 with a one-line message naming the value, and writes nothing."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+import run_study
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = run_study.main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+BAD_TRAIN_ARGS = [
+    (["--method", "triplet"], "method='triplet'"),
+    (["--temperature", "0"], "temperature=0.0"),
+    (["--lr", "-1"], "lr=-1.0"),
+    (["--batch-size", "1"], "batch_size=1"),
+    (["--epochs", "0"], "epochs=0"),
+    (["--width", "0"], "width=0.0"),
+    (["--num-workers", "0"], "num_workers=0"),
+    (["--model", "vgg"], "model='vgg'"),
+    (["--dataset", "mnist"], "dataset='mnist'"),
+    (["--augmentation", "mixup"], "augmentation='mixup'"),
+    (["--optimizer", "adam"], "optimizer='adam'"),
+    (["--schedule", "poly"], "schedule='poly'"),
+    (["--epochs", "many"], "epochs='many'"),
+]
+
+
+@pytest.mark.parametrize(("args", "named"), BAD_TRAIN_ARGS, ids=[" ".join(a) for a, _ in BAD_TRAIN_ARGS])
+def test_bad_train_flags_exit_2_and_write_nothing(tmp_path, capsys, args, named):
+    storage = tmp_path / "runs"
+    code, err = run_cli(capsys, "train", "--storage", str(storage), *args)
+    assert code == 2
+    assert err.startswith("error: ") and named in err and err.count("\n") == 1
+    assert not storage.exists()
+
+
+def test_unknown_key_in_yaml_config(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("method: supcon\ntemprature: 0.1\n")
+    code, err = run_cli(capsys, "train", "--config", str(config), "--storage", str(tmp_path / "runs"))
+    assert code == 2 and "temprature" in err and "did you mean 'temperature'" in err
+
+
+def test_storage_that_is_a_file(tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("x")
+    code, err = run_cli(capsys, "train", "--storage", str(target))
+    assert code == 2 and "is a file" in err
+
+
+def test_unanswering_address_fails_within_seconds(tmp_path, capsys):
+    started = time.monotonic()
+    code, err = run_cli(capsys, "train", "--storage", str(tmp_path / "runs"), "--address", f"127.0.0.1:{closed_port()}")
+    assert code == 2 and "no Ray cluster answers" in err
+    assert time.monotonic() - started < 30
+
+
+def test_malformed_address(tmp_path, capsys):
+    code, err = run_cli(capsys, "train", "--storage", str(tmp_path / "runs"), "--address", "nowhere")
+    assert code == 2 and "HOST:PORT" in err
