@@ -52,6 +52,7 @@ __all__ = [
     "ALL_CORRUPTIONS",
     "SEVERITIES",
     "MIN_IMAGE_SIZE",
+    "check_images",
     "corrupt",
     "corruption_group",
     "image_seed",
@@ -111,7 +112,7 @@ def corrupt(images: np.ndarray, name: str, severity: int, seed: int = 0, *, star
     """
     _check_name(name)
     _check_severity(severity)
-    _check_images(images)
+    check_images(images)
     for label, value in (("seed", seed), ("start_index", start_index)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
             raise ValueError(f"invalid {label}={value!r}; allowed: an integer >= 0")
@@ -196,7 +197,9 @@ def _check_severity(severity: object) -> None:
         raise ValueError(f"invalid severity {severity!r}; allowed: an integer 1-5")
 
 
-def _check_images(images: object) -> None:
+def check_images(images: object) -> None:
+    """ValueError (naming what is allowed) unless `images` is a uint8 array [N, H, W, 3] of images at least
+    `MIN_IMAGE_SIZE` px on each side."""
     if not isinstance(images, np.ndarray):
         raise ValueError(f"images must be a numpy uint8 array [N, H, W, 3], got {type(images).__name__}")
     if images.dtype != np.uint8:
