@@ -1,0 +1,238 @@
+"""Supervised contrastive loss (Khosla et al., NeurIPS 2020, Eqs. 2 and 3) and its SimCLR special case.
+
+Layout: `features` is `[batch, n_views, dim]`; the contrast set is every view of every sample (of every
+worker, when `torch.distributed` runs with more than one process), flattened sample-major, so view v of
+sample s is row `s * n_views + v`. Per anchor i with positives P(i) (same label, or same sample for
+SimCLR) and A(i) (every other view):
+
+    L_out(i) = logsumexp_{a in A(i)} z_i.z_a/t - mean_{p in P(i)} z_i.z_p/t
+    L_in(i)  = logsumexp_{a in A(i)} z_i.z_a/t - logsumexp_{p in P(i)} z_i.z_p/t + log |P(i)|
+
+Memory: one `[anchors, contrast]` float matrix (the logits, kept for backward by `logsumexp`) plus boolean
+masks where they are needed. For L_out without a positives cap no mask is built at all: the positive term
+is z_i . (sum of the other same-label features) / |P(i)|, from per-class feature sums. `chunk_size` bounds
+the matrix to `[chunk_size, contrast]` and recomputes it in backward (activation checkpointing).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+VARIANTS = ("out", "in")
+CONTRAST_MODES = ("all", "one")
+
+
+def _world() -> tuple[int, int]:
+    """(world size, rank) of the default process group, or (1, 0) when none is running."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
+        world, rank = _world()
+        ctx.rank, ctx.rows = rank, tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(world)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        # Every worker's loss used this worker's slice: its gradient is the sum over workers.
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad.narrow(0, ctx.rank * ctx.rows, ctx.rows)
+
+
+def gather_with_grad(tensor: Tensor) -> Tensor:
+    """Concatenate `tensor` from all workers along dim 0 (rank order), with gradients flowing back.
+
+    Backward sums the incoming gradient over workers and returns this worker's slice, so every worker
+    must call backward (as under DistributedDataParallel). Without a process group of size > 1 this
+    returns `tensor` unchanged. All workers must pass the same shape."""
+    if _world()[0] == 1:
+        return tensor
+    return _GatherWithGrad.apply(tensor)
+
+
+def _gather_no_grad(tensor: Tensor) -> Tensor:
+    world, _ = _world()
+    parts = [torch.empty_like(tensor) for _ in range(world)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def _validate(features: Tensor, labels: Tensor | None, temperature: float, variant: str, contrast_mode: str,
+              max_positives: int | None, chunk_size: int | None) -> None:
+    if not isinstance(features, Tensor) or features.dim() != 3 or min(features.shape) < 1:
+        shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+        raise ValueError(f"features must be a non-empty tensor [batch, n_views, dim], got {shape}")
+    if not features.is_floating_point():
+        raise ValueError(f"features must be floating point, got dtype {features.dtype}")
+    if labels is not None:
+        if labels.dim() != 1 or labels.shape[0] != features.shape[0]:
+            raise ValueError(f"labels must have shape [batch] = [{features.shape[0]}], got {tuple(labels.shape)}")
+        if labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if contrast_mode not in CONTRAST_MODES:
+        raise ValueError(f"contrast_mode must be one of {CONTRAST_MODES}, got {contrast_mode!r}")
+    for name, value in (("max_positives", max_positives), ("chunk_size", chunk_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
+
+
+def _positive_masks(self_cols: Tensor, anchor_class: Tensor, contrast_class: Tensor, n_views: int,
+                    max_positives: int | None) -> tuple[Tensor, Tensor]:
+    """Boolean `[anchors, contrast]` masks: kept positives, and entries left out of the denominator
+    (the anchor itself and positives dropped by the cap). The cap keeps the anchor's own other views
+    first, then other same-label views in contrast order (batches are shuffled, so this is a random pick)."""
+    rows = torch.arange(len(self_cols), device=self_cols.device)
+    positives = anchor_class[:, None] == contrast_class[None, :]
+    positives[rows, self_cols] = False
+    excluded = torch.zeros_like(positives)
+    excluded[rows, self_cols] = True
+    if max_positives is None:
+        return positives, excluded
+    cols = torch.arange(len(contrast_class), device=self_cols.device)
+    own = positives & ((self_cols // n_views)[:, None] == (cols // n_views)[None, :])
+    own_rank = own.cumsum(1, dtype=torch.int32)
+    other_rank = (positives & ~own).cumsum(1, dtype=torch.int32) + own.sum(1, keepdim=True, dtype=torch.int32)
+    kept = positives & (torch.where(own, own_rank, other_rank) <= max_positives)
+    return kept, excluded | (positives & ~kept)
+
+
+def _anchor_losses(anchors: Tensor, contrast: Tensor, self_cols: Tensor, anchor_class: Tensor,
+                   contrast_class: Tensor, n_positives: Tensor, positive_mean: Tensor | None, n_views: int,
+                   variant: str, max_positives: int | None) -> Tensor:
+    """Per-anchor loss for a block of anchors (already divided by the temperature)."""
+    logits = anchors @ contrast.T
+    # A finite fill (not -inf) keeps rows without any entry (a lone view) finite in forward and backward.
+    fill = torch.finfo(logits.dtype).min
+    if positive_mean is not None:  # L_out without cap: no mask needed
+        logits[torch.arange(len(anchors), device=anchors.device), self_cols] = fill
+        return logits.logsumexp(1) - (anchors * positive_mean).sum(1)
+    positives, excluded = _positive_masks(self_cols, anchor_class, contrast_class, n_views, max_positives)
+    logits = logits.masked_fill_(excluded, fill)
+    denominator = logits.logsumexp(1)
+    n_pos = n_positives.clamp(min=1).to(logits.dtype)
+    if variant == "out":
+        return denominator - torch.where(positives, logits, 0.0).sum(1) / n_pos
+    return denominator - logits.masked_fill(~positives, fill).logsumexp(1) + n_pos.log()
+
+
+def supcon_loss(features: Tensor, labels: Tensor | Sequence[int] | None = None, *, temperature: float = 0.1,
+                variant: str = "out", contrast_mode: str = "all", scale_by_temperature: bool = False,
+                max_positives: int | None = None, chunk_size: int | None = None) -> Tensor:
+    """Supervised contrastive loss: the mean over anchors of the per-anchor loss of Khosla et al. (2020).
+
+    Args:
+        features: `[batch, n_views, dim]`, L2-normalised projections of every view.
+        labels: `[batch]` integer class labels; None gives SimCLR (positives are the sample's other views).
+        temperature: t > 0 dividing the dot products.
+        variant: "out" (Eq. 2, L_out, the paper's choice) or "in" (Eq. 3, L_in).
+        contrast_mode: "all" (every view is an anchor) or "one" (only view 0 is an anchor; every view is
+            still contrasted).
+        scale_by_temperature: multiply the loss by t, as the paper does for stability.
+        max_positives: keep at most this many positives per anchor (its own other views first, then other
+            same-label views in batch order) and drop the rest from numerator and denominator
+            (the paper's positives cap, Supp. Sec. 11).
+        chunk_size: process anchors in blocks of this many rows, recomputing each block in backward, so
+            memory is bounded by `chunk_size x contrast` instead of `anchors x contrast`. Same result.
+
+    Returns:
+        A float scalar (float32, or float64 for float64 input; autocast is disabled inside). Anchors
+        without any positive are left out of the mean; if no anchor has one the loss is 0.
+
+    Distributed: with a `torch.distributed` group of size k > 1, each worker's anchors are contrasted with
+    the features and labels of all workers (differentiable all-gather; every worker must pass the same
+    batch size and call backward). The returned value is the global loss, identical on every worker and
+    equal to the single-process loss on the concatenated batch. Gradients follow DistributedDataParallel's
+    convention: each worker's gradient is k times its share of the global loss, so the gradients averaged
+    over workers (what DDP does) equal the single-process gradients exactly.
+    """
+    if labels is not None and not isinstance(labels, Tensor):
+        labels = torch.as_tensor(labels)
+    _validate(features, labels, temperature, variant, contrast_mode, max_positives, chunk_size)
+    batch, n_views, dim = features.shape
+    device = features.device
+    world, rank = _world()
+    dtype = torch.promote_types(features.dtype, torch.float32)
+
+    with torch.autocast(device_type=device.type, enabled=False):
+        features = features.to(dtype)
+        if world > 1:
+            sizes = _gather_no_grad(torch.tensor([[batch, labels is None]], device=device))
+            if not (sizes == sizes[:1]).all():
+                raise ValueError(f"every worker must pass the same batch size and labels/None, got "
+                                 f"(batch, labels is None) per worker {sizes.tolist()}")
+            everyone = gather_with_grad(features)
+        else:
+            everyone = features
+        # Class index of every contrast row: labels, or the global sample index for SimCLR.
+        ids = torch.arange(world * batch, device=device) if labels is None else (
+            _gather_no_grad(labels.to(device)) if world > 1 else labels.to(device))
+        _, sample_class = torch.unique(ids, return_inverse=True)
+        contrast_class = sample_class.repeat_interleave(n_views)
+        class_sizes = torch.bincount(contrast_class)
+        contrast = everyone.reshape(world * batch * n_views, dim)
+
+        offset = rank * batch * n_views
+        if contrast_mode == "all":
+            anchors = features.reshape(batch * n_views, dim)
+            self_cols = offset + torch.arange(batch * n_views, device=device)
+            global_anchor_class = contrast_class
+        else:
+            anchors = features[:, 0]
+            self_cols = offset + torch.arange(batch, device=device) * n_views
+            global_anchor_class = sample_class
+        anchor_class = contrast_class[self_cols]
+        n_positives = class_sizes[anchor_class] - 1
+        if max_positives is not None:
+            n_positives = n_positives.clamp(max=max_positives)
+        anchors = anchors / temperature
+
+        positive_mean = None
+        if variant == "out" and max_positives is None:
+            # Mean of the other same-class contrast features, from per-class sums: no [anchors, contrast] mask.
+            class_sums = torch.zeros(len(class_sizes), dim, device=device, dtype=dtype)
+            class_sums.index_add_(0, contrast_class, contrast)
+            positive_mean = (class_sums[anchor_class] - contrast[self_cols]) \
+                / n_positives.clamp(min=1).to(dtype)[:, None]
+
+        def block(start: int, stop: int) -> Tensor:
+            return _anchor_losses(anchors[start:stop], contrast, self_cols[start:stop], anchor_class[start:stop],
+                                  contrast_class, n_positives[start:stop],
+                                  None if positive_mean is None else positive_mean[start:stop],
+                                  n_views, variant, max_positives)
+
+        if chunk_size is None or chunk_size >= len(anchors):
+            per_anchor = block(0, len(anchors))
+        else:
+            per_anchor = torch.cat([checkpoint(block, start, min(start + chunk_size, len(anchors)),
+                                               use_reentrant=False)
+                                    for start in range(0, len(anchors), chunk_size)])
+
+        local_sum = torch.where(n_positives > 0, per_anchor, 0.0).sum()
+        global_count = (class_sizes[global_anchor_class] > 1).sum().clamp(min=1).to(dtype)
+        loss = local_sum * world / global_count
+        if world > 1:
+            # Report the global loss on every worker while keeping the DDP-scaled gradient of this share.
+            total = local_sum.detach().clone()
+            dist.all_reduce(total, op=dist.ReduceOp.SUM)
+            loss = loss + (total / global_count - loss).detach()
+        if scale_by_temperature:
+            loss = loss * temperature
+        return loss
