@@ -112,17 +112,38 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         get_checkpoint_fn=ray.train.get_checkpoint,
         prepare_fn=ray.train.torch.prepare_model,
     )
+    fail_after = loop_config.get("fail_after_epochs")
+    if fail_after and run_context.latest_checkpoint() is None:
+        run_context.report = _failing_after(run_context.report, fail_after)
     train(config, run_context)
 
 
-def build_trainer(config: Config, *, storage: str, name: str, max_failures: int = 2, callbacks: list | None = None):
-    """A TorchTrainer for one run; the same `name` on the same `storage` resumes from its last checkpoint."""
+def _failing_after(report: Callable[..., None], epochs: int) -> Callable[..., None]:
+    """Fault injection for fault-tolerance tests: raise once `epochs` epochs have been reported, as a
+    worker crash would. Only a fresh run (no checkpoint yet) is wrapped, so the restarted run goes on."""
+    count = 0
+
+    def report_then_fail(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        nonlocal count
+        report(metrics, checkpoint_dir)
+        count += 1
+        if count >= epochs:
+            raise RuntimeError(f"injected failure after {epochs} reported epoch(s)")
+
+    return report_then_fail
+
+
+def build_trainer(config: Config, *, storage: str, name: str, max_failures: int = 2, callbacks: list | None = None,
+                  fail_after_epochs: int | None = None):
+    """A TorchTrainer for one run; the same `name` on the same `storage` resumes from its last checkpoint.
+
+    `fail_after_epochs` injects one worker failure (tests of the restart path)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     return TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
-        train_loop_config={"config": config.to_dict()},
+        train_loop_config={"config": config.to_dict(), "fail_after_epochs": fail_after_epochs},
         scaling_config=ScalingConfig(
             num_workers=config.num_workers,
             use_gpu=config.use_gpu,
@@ -149,11 +170,13 @@ def default_run_name(config: Config) -> str:
 
 
 def run_training(config: Config, *, storage: str = DEFAULT_STORAGE, name: str | None = None,
-                 address: str | None = None, max_failures: int = 2) -> dict[str, Any]:
+                 address: str | None = None, max_failures: int = 2,
+                 fail_after_epochs: int | None = None) -> dict[str, Any]:
     """Train one run under Ray Train and write `metrics.json` beside its checkpoints. Returns the metrics."""
     connect_ray(address)
     name = name or default_run_name(config)
-    result = build_trainer(config, storage=storage, name=name, max_failures=max_failures).fit()
+    result = build_trainer(config, storage=storage, name=name, max_failures=max_failures,
+                           fail_after_epochs=fail_after_epochs).fit()
     if result.error is not None:
         raise result.error
     metrics = {key: value for key, value in (result.metrics or {}).items() if key in _FINAL_KEYS}
@@ -165,7 +188,8 @@ def run_training(config: Config, *, storage: str = DEFAULT_STORAGE, name: str | 
     return metrics
 
 
-_FINAL_KEYS = ("status", "val_top1", "val_top5", "test_top1", "test_top5", "diverged_epoch", "epoch", "stage")
+_FINAL_KEYS = ("status", "val_top1", "val_top5", "test_top1", "test_top5", "diverged_epoch", "epoch", "stage",
+               "resumed_from")
 
 
 def _write_json(path: Path, value: Any) -> None:

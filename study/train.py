@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from study.augment import build_eval_transform, build_train_transform
+from study.augment import build_eval_transform, build_train_transform, default_autoaugment_policy
 from study.checkpoint import MODEL_FILE, STATE_FILE, CheckpointError, atomic_save, safe_load, save_classifier
 from study.config import Config
 from study.data import DatasetSplits, MultiViewDataset, TransformedDataset, load_dataset
@@ -299,7 +299,7 @@ def train(config: Config, context: RunContext, *, on_step: Callable[[int], None]
     rank 0, `checkpoint` (path of the exported `model.pt` inside the last reported checkpoint folder)."""
     seed_everything(config.seed + context.world_rank)
     splits = load_dataset(config.dataset, root=config.data_root, download=config.download,
-                          image_size=config.image_size, val_fraction=config.val_fraction, seed=config.seed)
+                          image_size=config.image_size, val_fraction=config.val_fraction, seed=0)  # same split for every seed
     networks = _Networks(config, splits)
     stages = stages_of(config)
     resume = load_resume_state(context)
@@ -308,7 +308,9 @@ def train(config: Config, context: RunContext, *, on_step: Callable[[int], None]
         networks.load_state_dict(resume["networks"])
         first_stage, first_epoch = resume["stage_index"], resume["epoch"]
         if context.world_rank == 0:
-            print(f"resuming at stage {stages[first_stage]!r}, epoch {first_epoch + 1}", flush=True)
+            where = f"stage {stages[first_stage]!r}, epoch {first_epoch + 1}" if first_stage < len(stages) \
+                else "the end (training finished; evaluating)"
+            print(f"resuming at {where}", flush=True)
     if config.sync_batchnorm and context.world_size > 1:
         networks.encoder = nn.SyncBatchNorm.convert_sync_batchnorm(networks.encoder)
         networks = _rebind(networks, config, splits)
@@ -320,6 +322,9 @@ def train(config: Config, context: RunContext, *, on_step: Callable[[int], None]
     eval_transform = build_eval_transform(image_size=splits.image_size, mean=splits.mean, std=splits.std)
     val_set = TransformedDataset(splits.val, eval_transform)
     final: dict[str, Any] = {"status": "completed"}
+    if resume is not None:
+        final["resumed_from"] = f"{stages[first_stage]}:{first_epoch + 1}" if first_stage < len(stages) \
+            else "finished"
     for stage_index in range(first_stage, len(stages)):
         start_epoch = first_epoch if stage_index == first_stage else 0
         stage_state = resume if (resume is not None and stage_index == first_stage) else None
@@ -371,7 +376,7 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
     policy = config.linear_augmentation if linear else config.augmentation
     transform = build_train_transform(
         policy, image_size=splits.image_size, mean=splits.mean, std=splits.std,
-        autoaugment_policy="cifar" if splits.image_size < 64 else "imagenet",
+        autoaugment_policy=default_autoaugment_policy(splits.image_size),
         randaugment_n=config.randaugment_n, randaugment_m=config.randaugment_m)
     if stage == "contrastive":
         train_set: Dataset = MultiViewDataset(splits.train, transform, config.n_views)
