@@ -165,3 +165,21 @@ def test_callers_numpy_random_state_is_untouched():
 def test_bad_input_names_what_is_allowed(images, name, severity, seed, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         corrupt(images, name, severity, seed=seed)
+
+
+def test_spatter_without_liquid_leaves_the_image_instead_of_a_nan_image():
+    """The library divides 0 by 0 when no liquid passes its threshold (common on small images), giving NaN,
+    i.e. a black image after the cast; those images come back unspattered."""
+    images = natural_images(40, 8, seed=4)
+    ours = corrupt(images, "spatter", 1, seed=0)
+    degenerate = []
+    for index, image in enumerate(images):
+        np.random.seed(image_seed(0, "spatter", index))
+        with np.errstate(invalid="ignore"):
+            library = np.asarray(imagecorruptions.spatter(Image.fromarray(image), 1))
+        if np.isnan(library).any():
+            degenerate.append(index)
+            assert np.abs(ours[index].astype(int) - image).max() <= 1, index
+        else:
+            np.testing.assert_array_equal(ours[index], np.uint8(library))
+    assert degenerate, "no image hit the library's 0 / 0; the test checks nothing"

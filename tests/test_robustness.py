@@ -322,3 +322,30 @@ def test_evaluate_checkpoints_writes_the_robustness_table(ray_session, tmp_path)
 
     with pytest.raises(ValueError, match="does not exist"):
         evaluate_checkpoints([tmp_path / "nowhere" / "model.pt"], corrupted=corrupted, progress=False)
+
+
+def test_clean_rows_come_from_the_checkpoints_dataset_without_clean_npy(ray_session, tmp_path):
+    """A released-style folder (no clean.npy): the clean rows use the checkpoint's own test split."""
+    from study.data import load_dataset
+
+    write_cifar_c(tmp_path / "released", ["fog"], n=4, size=16)
+    checkpoint = save_tiny_checkpoint(tmp_path / "trial", "ce", 0)
+    table = evaluate_checkpoints([checkpoint], corrupted=tmp_path / "released", corruptions=["fog"], progress=False)
+    digits_test = len(load_dataset("digits").test)
+    assert table.loc[table["corruption"] == "clean", "n"].tolist() == [digits_test]
+    assert set(table.loc[table["corruption"] == "fog", "n"]) == {4}
+    no_clean = evaluate_checkpoints([checkpoint], corrupted=tmp_path / "released", corruptions=["fog"], clean=False, progress=False)
+    assert "clean" not in set(no_clean["corruption"])
+
+
+def test_run_robustness_generates_the_datasets_corrupted_copy_then_evaluates(ray_session, tmp_path):
+    from study.robustness import run_robustness
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "trial", "supcon", 0)
+    table = run_robustness(
+        {"t0": checkpoint}, data_root=tmp_path / "data", corruptions=["contrast"], output=tmp_path / "r.parquet", progress=False
+    )
+    generated = tmp_path / "data" / "corrupted" / "digits-16px-seed0"
+    assert (generated / "contrast.npy").is_file() and (generated / "clean.npy").is_file()
+    assert sorted(set(zip(table["corruption"], table["severity"]))) == [("clean", 0)] + [("contrast", s) for s in range(1, 6)]
+    assert table["model"].unique().tolist() == ["t0"] and (tmp_path / "r.csv").is_file()
