@@ -29,7 +29,7 @@ __all__ = [
     "plot_accuracy_vs_temperature", "plot_accuracy_vs_batch_size", "plot_accuracy_vs_randaugment_magnitude",
     "plot_pair_heatmap", "plot_optimizer_pairs", "plot_augmentation_pairs", "plot_importance",
     "hyperparameter_importance", "plot_severity", "plot_corruption_errors", "plot_mce", "corruption_groups",
-    "method_color",
+    "method_color", "method_order",
 ]
 
 METHOD_COLORS = {"supcon": "#1f77b4", "ce": "#ff7f0e", "simclr": "#2ca02c"}
@@ -42,7 +42,7 @@ def method_color(method: str) -> str:
     return METHOD_COLORS.get(method, "#7f7f7f")
 
 
-def _method_order(methods: Sequence[str]) -> list[str]:
+def method_order(methods: Sequence[str]) -> list[str]:
     order = {"supcon": 0, "ce": 1, "simclr": 2}
     return sorted(set(methods), key=lambda m: (order.get(m, 9), m))
 
@@ -83,7 +83,7 @@ def plot_stability_boxes(
     trials = trials.loc[trials["family"].isin(families)]
     if not trials["included"].any() and not trials["diverged"].any():
         return None
-    methods = _method_order(trials["method"])
+    methods = method_order(trials["method"])
     families = sorted(families)
     width = 0.8 / len(methods)
     fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(families) * max(1, len(methods) / 2) + 1.5), 4.2))
@@ -166,7 +166,7 @@ def plot_accuracy_vs(
         return None
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
     apart_x = []
-    for method in _method_order(points["method"]):
+    for method in method_order(points["method"]):
         color = method_color(method)
         group = points.loc[points["method"] == method]
         used = group.loc[group["included"]]
@@ -229,12 +229,13 @@ def pair_table(results: pd.DataFrame, row: str, column: str, *, diverged: str = 
     trials = trials.loc[trials["included"]].drop_duplicates("row")
     table = results.reset_index(drop=True)
     tables = {}
-    for method in _method_order(trials["method"]):
+    for method in method_order(trials["method"]):
         group = trials.loc[trials["method"] == method]
         source = table.iloc[group["row"].to_numpy()]
         frame = pd.DataFrame({"row": source[row].map(format_value).to_numpy(),
                               "column": source[column].map(format_value).to_numpy(),
                               "top1": group["top1"].to_numpy()})
+        frame = frame.loc[(frame["row"] != "NA") & (frame["column"] != "NA")]  # values the table does not know
         pivot = frame.pivot_table(index="row", columns="column", values="top1", aggfunc="mean")
         if pivot.shape[0] >= 2 and pivot.shape[1] >= 2:
             pivot.index.name, pivot.columns.name = row, column
@@ -260,7 +261,8 @@ def plot_pair_heatmap(
         return None
     low = min(float(np.nanmin(t.to_numpy())) for t in tables.values())
     high = max(float(np.nanmax(t.to_numpy())) for t in tables.values())
-    fig, axes = plt.subplots(1, len(tables), figsize=(4.4 * len(tables) + 0.8, 3.9), squeeze=False)
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.4 * len(tables) + 0.8, 3.9), squeeze=False,
+                             layout="constrained")
     for ax, (method, pivot) in zip(axes[0], tables.items()):
         image = ax.imshow(pivot.to_numpy(dtype=float), cmap="viridis", vmin=low, vmax=max(high, low + 1e-9))
         ax.set_xticks(range(pivot.shape[1]), [str(c).replace("_", " ") for c in pivot.columns],
@@ -298,7 +300,7 @@ def plot_importance(importance: pd.DataFrame, out_dir: str | os.PathLike, *,
         return None
     table = importance.pivot_table(index="parameter", columns="method", values="importance", aggfunc="mean")
     table = table.loc[table.max(axis=1).sort_values().index]
-    methods = _method_order(table.columns)
+    methods = method_order(table.columns)
     height = 0.8 / len(methods)
     fig, ax = plt.subplots(figsize=(5.6, 1.2 + 0.45 * len(table) * max(1, len(methods) / 1.5)))
     for j, method in enumerate(methods):
@@ -396,7 +398,7 @@ def plot_severity(
     columns = [c for c in curves.columns if c != "method"]
     x = np.array([0 if c == "clean" else int(c) for c in columns])
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
-    for method in _method_order(curves["method"]):
+    for method in method_order(curves["method"]):
         rows = curves.loc[curves["method"] == method, columns].to_numpy(dtype=float)
         color = method_color(method)
         if len(rows) > 1:
@@ -432,6 +434,10 @@ def corruption_summary_by_model(robustness: pd.DataFrame, baseline: str = "alexn
     return summary
 
 
+def _baseline_label(baseline: str) -> str:
+    return "AlexNet" if str(baseline).lower() == "alexnet" else str(baseline)
+
+
 def plot_corruption_errors(
     robustness: pd.DataFrame,
     out_dir: str | os.PathLike,
@@ -450,7 +456,7 @@ def plot_corruption_errors(
     groups = corruption_groups()
     ordered: list[tuple[str, str]] = [(g, c) for g, names in groups.items() for c in names if c in present]
     ordered += [("held out", c) for c in present if all(c != o for _, o in ordered)]
-    methods = _method_order(summary["method"])
+    methods = method_order(summary["method"])
     width = 0.8 / len(methods)
     positions, x = [], 0.0
     for i, (group, _) in enumerate(ordered):
@@ -470,7 +476,7 @@ def plot_corruption_errors(
         ax.annotate(group, xy=((span.min() + span.max()) / 2, 1.0), xycoords=("data", "axes fraction"),
                     ha="center", va="bottom", fontsize=9, fontweight="bold")
     ax.axhline(100, color="#555555", linestyle=":", linewidth=1)
-    ax.set_ylabel(f"Corruption Error (%, {baseline} = 100)")
+    ax.set_ylabel(f"Corruption Error (%, {_baseline_label(baseline)} = 100)")
     ax.set_title("Corruption Error by corruption family", pad=18)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
@@ -493,7 +499,8 @@ def plot_mce(
     summary = summary.sort_values(["method", "mCE"])
     labels = [f"{method_name(m)}\n{model}" for model, m in zip(summary.index, summary["method"])]
     colors = [method_color(m) for m in summary["method"]]
-    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.1 * (len(summary) + len(reference or {})) * 2), 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.1 * (len(summary) + len(reference or {})) * 2), 3.8),
+                             layout="constrained")
     for ax, column in zip(axes, ("mCE", "relative_mCE")):
         values = summary[column].astype(float).to_numpy() if column in summary.columns else np.full(len(summary), np.nan)
         ax.bar(range(len(values)), values, color=colors)
@@ -504,7 +511,7 @@ def plot_mce(
         ax.set_xticks(range(len(ticks)), ticks, fontsize=7)
         ax.axhline(100, color="#555555", linestyle=":", linewidth=1)
         ax.set_title(column.replace("_", " "))
-        ax.set_ylabel(f"% ({baseline} = 100)")
+        ax.set_ylabel(f"% ({_baseline_label(baseline)} = 100)")
         for i, v in enumerate(values):
             if np.isfinite(v):
                 ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)

@@ -136,13 +136,20 @@ def chance_top1(results: pd.DataFrame, num_classes: int | None = None) -> float:
 
 def _hyperparameter_frame(results: pd.DataFrame) -> pd.DataFrame:
     """Hyperparameter values per trial: the table's columns, plus any family named in `varied` that has no
-    column, read from the trial's config JSON."""
+    column. Missing values (a base trial, which sets no hyperparameter itself) are read from the trial's
+    config JSON, so the base combination carries its values like every other setting."""
     columns = hyperparameter_columns(results)
-    frame = results[columns].copy()
+    frame = results[columns].astype(object).copy()
     if "varied" in results.columns:
         named = set(results["varied"].dropna().astype(str)) - {BASE, GRID, SEARCH}
         for name in sorted(named - set(columns)):
-            frame[name] = [_config_of(c).get(name) for c in results.get("config", [None] * len(results))]
+            frame[name] = None
+    if "config" in results.columns and len(frame.columns):
+        configs = [_config_of(c) for c in results["config"]]
+        for name in frame.columns:
+            missing = frame[name].isna().to_numpy()
+            if missing.any():
+                frame.loc[missing, name] = [configs[i].get(name) for i in np.flatnonzero(missing)]
     return frame
 
 

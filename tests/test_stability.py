@@ -118,6 +118,17 @@ def test_base_trials_join_every_family_once():
     assert sorted(lr["setting"].unique()) == ["0.1", "0.5"]
 
 
+def test_missing_values_come_from_the_config():
+    """A base trial sets no hyperparameter itself: its columns may be empty, its config has the values."""
+    rows = [trial("supcon", "base", s, 90.0, config=json.dumps({"dataset": "digits", "lr": 0.5})) for s in (0, 1)]
+    rows += [trial("supcon", "lr", s, 85.0, lr=0.1) for s in (0, 1)]
+    table = pd.DataFrame(rows)
+    table.loc[table["varied"] == "base", "lr"] = math.nan
+    trials = stability_trials(table)
+    assert sorted(trials["setting"].unique()) == ["0.1", "0.5"]
+    assert row(stability_table(table, n_boot=200), "lr", "supcon")["range"] == pytest.approx(5.0)
+
+
 def test_spread_difference_and_verdict(hand_table):
     chance = spread_difference(hand_table, n_boot=500).set_index("family").loc["lr"]
     assert chance["range_diff"] == pytest.approx(5.0 - 50.0)

@@ -1,0 +1,947 @@
+"""One report per study: a self-contained HTML file and its Markdown twin.
+
+`build_report(study_dir)` reads what the study folder holds (study.json, results.parquet,
+history.parquet, robustness.parquet, optuna.db), computes the stability and robustness comparisons,
+draws every figure the data allows, and writes `report.html` (images embedded as base64 PNG, inline CSS,
+a Content-Security-Policy that forbids any external resource, so it opens offline) and `report.md` (images
+as files in `report_figures/` beside it). It works on a study that is still running or partly failed:
+it reports what exists and says what is missing. Both files are written atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+from analysis import paper, plots
+from analysis.stability import (
+    BASE, DIVERGED_POLICIES, GRID, SEARCH, best_top1, chance_top1, format_value, hyperparameter_columns,
+    hyperparameter_importance, method_name, spread_difference, stability_table, stability_trials, status_counts,
+)
+
+SECTIONS = (
+    "What was run",
+    "Headline comparison",
+    "Stability",
+    "Hyperparameter importance",
+    "Robustness",
+    "Comparison with the paper",
+    "Problems and missing pieces",
+    "All trials",
+)
+FIGURE_DIR = "report_figures"
+STUDY_INFO_FIELDS = ("space", "design", "dataset", "model", "width", "epochs", "linear_epochs", "seeds",
+                     "metric", "num_trials", "hardware", "started", "finished", "wall_seconds")
+ACCURACY_PLOTS = (  # (hyperparameter, plot function, words for a reading)
+    ("lr", plots.plot_accuracy_vs_lr, "learning rates"),
+    ("temperature", plots.plot_accuracy_vs_temperature, "temperatures"),
+    ("batch_size", plots.plot_accuracy_vs_batch_size, "batch sizes"),
+    ("randaugment_m", plots.plot_accuracy_vs_randaugment_magnitude, "RandAugment magnitudes"),
+)
+
+
+# --------------------------------------------------------------------------------------------- inputs
+@dataclass
+class StudyFiles:
+    """What a study folder holds; None for a table that is absent or unreadable, with a note saying why."""
+
+    directory: Path
+    info: dict[str, Any] | None = None
+    results: pd.DataFrame | None = None
+    history: pd.DataFrame | None = None
+    robustness: pd.DataFrame | None = None
+    optuna_storage: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _read_table(directory: Path, stem: str, notes: list[str], required: bool) -> pd.DataFrame | None:
+    """`<stem>.parquet`, else `<stem>.csv`; a note when neither can be read."""
+    for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
+        path = directory / f"{stem}{suffix}"
+        if path.is_file():
+            try:
+                return reader(path)
+            except Exception as error:  # a half-copied or corrupt file: report it, keep going
+                notes.append(f"{path.name} could not be read ({type(error).__name__}: {error})")
+    if required:
+        notes.append(f"no {stem}.parquet (or .csv) in {directory}: nothing to report about it yet")
+    return None
+
+
+def load_study(study_dir: str | os.PathLike) -> StudyFiles:
+    """Read the tables of a study folder; raise ValueError when the folder does not exist."""
+    directory = Path(study_dir)
+    if not directory.is_dir():
+        raise ValueError(f"study folder {str(directory)!r} does not exist; pass the folder the sweep wrote")
+    files = StudyFiles(directory=directory)
+    info_path = directory / "study.json"
+    if info_path.is_file():
+        try:
+            info = json.loads(info_path.read_text())
+            files.info = info if isinstance(info, dict) else None
+        except (json.JSONDecodeError, OSError) as error:
+            files.notes.append(f"study.json could not be read ({error})")
+    else:
+        files.notes.append("no study.json: the study's settings (space, budgets, hardware) are unknown")
+    files.results = _read_table(directory, "results", files.notes, required=True)
+    files.history = _read_table(directory, "history", files.notes, required=False)
+    files.robustness = _read_table(directory, "robustness", files.notes, required=False)
+    if files.robustness is None:
+        files.notes.append("no robustness.parquet: corruption robustness was not evaluated "
+                           "(run `python run_study.py robustness --study DIR`)")
+    for candidate in sorted(directory.glob("*.db")):
+        files.optuna_storage = candidate
+        break
+    return files
+
+
+# --------------------------------------------------------------------------------------------- document
+@dataclass
+class Figure:
+    """A figure in the report: its PNG (embedded in HTML, linked from Markdown), title and one-line reading."""
+
+    png: Path
+    title: str
+    reading: str
+
+
+class Document:
+    """A small block list rendered twice: to self-contained HTML and to Markdown."""
+
+    def __init__(self) -> None:
+        self.blocks: list[tuple] = []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.blocks.append(("heading", level, text))
+
+    def paragraph(self, text: str) -> None:
+        self.blocks.append(("paragraph", text))
+
+    def bullets(self, items: Iterable[str]) -> None:
+        items = list(items)
+        if items:
+            self.blocks.append(("bullets", items))
+
+    def table(self, frame: pd.DataFrame, caption: str = "", collapsible: Iterable[str] = ()) -> None:
+        """`collapsible` columns (long JSON) fold into <details> in HTML and are left out of Markdown."""
+        self.blocks.append(("table", frame, caption, tuple(collapsible)))
+
+    def figure(self, figure: Figure | None) -> None:
+        if figure is not None:
+            self.blocks.append(("figure", figure))
+
+    # ----------------------------------------------------------------- HTML
+    def to_html(self, title: str, subtitle: str) -> str:
+        e = html.escape
+        body = []
+        toc = [f'<li><a href="#{_anchor(b[2])}">{e(b[2])}</a></li>' for b in self.blocks
+               if b[0] == "heading" and b[1] == 2]
+        for block in self.blocks:
+            kind = block[0]
+            if kind == "heading":
+                _, level, text = block
+                body.append(f'<h{level} id="{_anchor(text)}">{e(text)}</h{level}>')
+            elif kind == "paragraph":
+                body.append(f"<p>{e(block[1])}</p>")
+            elif kind == "bullets":
+                body.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in block[1]) + "</ul>")
+            elif kind == "table":
+                body.append(_html_table(block[1], block[2], block[3]))
+            elif kind == "figure":
+                figure = block[1]
+                data = base64.b64encode(figure.png.read_bytes()).decode("ascii")
+                body.append(
+                    f'<figure><img src="data:image/png;base64,{data}" alt="{e(figure.title, quote=True)}">'
+                    f"<figcaption><b>{e(figure.title)}.</b> {e(figure.reading)}</figcaption></figure>"
+                )
+        return "\n".join([
+            "<!DOCTYPE html>",
+            '<html lang="en">',
+            "<head>",
+            '<meta charset="utf-8">',
+            # Nothing outside this file may load: the report must open offline, identically anywhere.
+            '<meta http-equiv="Content-Security-Policy" '
+            "content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">",
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{e(title)}</title>",
+            f"<style>{_CSS}</style>",
+            "</head>",
+            "<body>",
+            f"<header><h1>{e(title)}</h1><p class=\"subtitle\">{e(subtitle)}</p>",
+            '<nav><ol>' + "".join(toc) + "</ol></nav></header>",
+            "<main>",
+            *body,
+            "</main>",
+            "</body>",
+            "</html>",
+            "",
+        ])
+
+    # ----------------------------------------------------------------- Markdown
+    def to_markdown(self, title: str, subtitle: str, figure_dir: Path, base: Path) -> str:
+        lines = [f"# {_md_text(title)}", "", f"_{_md_text(subtitle)}_", ""]
+        for block in self.blocks:
+            kind = block[0]
+            if kind == "heading":
+                lines += ["#" * block[1] + " " + _md_text(block[2]), ""]
+            elif kind == "paragraph":
+                lines += [_md_text(block[1]), ""]
+            elif kind == "bullets":
+                lines += [f"- {_md_text(item)}" for item in block[1]] + [""]
+            elif kind == "table":
+                frame, caption, collapsible = block[1], block[2], block[3]
+                if caption:
+                    lines += [f"_{_md_text(caption)}_", ""]
+                lines += [_md_table(frame.drop(columns=list(collapsible), errors="ignore")), ""]
+            elif kind == "figure":
+                figure = block[1]
+                relative = os.path.relpath(figure.png, base).replace(os.sep, "/")
+                svg = Path(relative).with_suffix(".svg").as_posix()
+                lines += [f"![{_md_text(figure.title)}]({relative})", "",
+                          f"**{_md_text(figure.title)}.** {_md_text(figure.reading)} ([SVG]({svg}))", ""]
+        return "\n".join(lines)
+
+
+_CSS = """
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;color:#1d1d1f;background:#fff}
+header,main{max-width:1100px;margin:0 auto;padding:0 24px}
+header{padding-top:16px;border-bottom:1px solid #ddd}
+h1{font-size:1.7em;margin:0.4em 0 0.1em}
+h2{font-size:1.35em;margin-top:1.8em;border-bottom:1px solid #eee;padding-bottom:4px}
+h3{font-size:1.1em;margin-top:1.4em}
+.subtitle{color:#555;margin-top:0}
+nav ol{columns:2;font-size:0.95em}
+a{color:#1f5fa8}
+table{border-collapse:collapse;margin:0.6em 0 1.2em;font-size:0.85em;display:block;overflow-x:auto;max-width:100%}
+caption{caption-side:top;text-align:left;font-style:italic;color:#444;padding-bottom:4px}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:left;vertical-align:top;white-space:nowrap}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f4f5f7}
+tr:nth-child(even) td{background:#fafafa}
+td.long{white-space:normal;min-width:18em;max-width:40em}
+details pre{white-space:pre-wrap;max-width:40em;font-size:0.9em}
+figure{margin:1em 0 1.8em}
+figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:0.92em;color:#333;margin-top:4px}
+"""
+
+
+def _anchor(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+def _cell(value: Any, whole: bool = False) -> str:
+    """A table cell as text: missing values as an en dash; floats with 2 decimals (3 significant digits
+    below 0.01), or as integers when `whole` (every number of the column is whole)."""
+    if value is None:
+        return "–"
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return "–"
+        if whole and float(value).is_integer():
+            return str(int(value))
+        return f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.3g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str)
+    text = str(value)
+    return "–" if text in ("nan", "None", "<NA>") else text
+
+
+def _whole_columns(frame: pd.DataFrame) -> set[str]:
+    """Numeric columns whose finite values are all whole numbers (counts, batch sizes, seeds)."""
+    whole = set()
+    for column in frame.columns:
+        values = pd.to_numeric(frame[column], errors="coerce") if pd.api.types.is_numeric_dtype(frame[column]) \
+            else pd.Series(dtype=float)
+        finite = values[np.isfinite(values)] if len(values) else values
+        if len(finite) and (finite == finite.round()).all():
+            whole.add(column)
+    return whole
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _html_table(frame: pd.DataFrame, caption: str, collapsible: tuple[str, ...]) -> str:
+    e = html.escape
+    parts = ["<table>"]
+    if caption:
+        parts.append(f"<caption>{e(caption)}</caption>")
+    parts.append("<thead><tr>" + "".join(f"<th>{e(str(c))}</th>" for c in frame.columns) + "</tr></thead><tbody>")
+    whole = _whole_columns(frame)
+    for row in frame.itertuples(index=False):
+        cells = []
+        for column, value in zip(frame.columns, row):
+            text = _cell(value, column in whole)
+            if column in collapsible and text != "–":
+                cells.append(f'<td class="long"><details><summary>show</summary><pre>{e(text)}</pre></details></td>')
+            elif _is_number(value):
+                cells.append(f'<td class="num">{e(text)}</td>')
+            elif len(text) > 60:
+                cells.append(f'<td class="long">{e(text)}</td>')
+            else:
+                cells.append(f"<td>{e(text)}</td>")
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</tbody></table>")
+    return "".join(parts)
+
+
+def _md_text(text: str) -> str:
+    """Text safe inside Markdown: HTML-special characters as entities, no line breaks inside a block."""
+    return html.escape(str(text), quote=False).replace("\n", " ")
+
+
+def _md_table(frame: pd.DataFrame) -> str:
+    def cell(value: Any, whole: bool = False) -> str:
+        return _md_text(_cell(value, whole)).replace("\\", "\\\\").replace("|", "\\|")
+
+    whole = _whole_columns(frame)
+    header = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(frame[c]) else "---" for c in frame.columns) + "|"
+    rows = ["| " + " | ".join(cell(v, c in whole) for c, v in zip(frame.columns, row)) + " |"
+            for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+# --------------------------------------------------------------------------------------------- numbers
+def _fmt(value: float, digits: int = 1) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _ci(low: float, high: float, digits: int = 1) -> str:
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "no CI (one seed per setting)"
+    return f"[{_fmt(low, digits)}, {_fmt(high, digits)}]"
+
+
+def _family_words(family: str) -> str:
+    words = {"lr": "learning rates", "temperature": "temperatures", "batch_size": "batch sizes",
+             "randaugment_m": "RandAugment magnitudes", "augmentation": "augmentations",
+             "optimizer": "optimizers", "linear_optimizer": "linear-stage optimizers",
+             "linear_augmentation": "linear-stage augmentations", GRID: "the grid", SEARCH: "the searched settings",
+             BASE: "the base setting"}
+    return words.get(family, family.replace("_", " ") + " values")
+
+
+def _spread_reading(family: str, difference: pd.DataFrame, table: pd.DataFrame, confidence: float) -> str:
+    """'SupCon's top-1 range over learning rates is 3.1 points vs 9.4 for cross-entropy (difference -6.3,
+    95% CI [-9.0, -2.1]): ...' or, with one method, its own range."""
+    row = difference.loc[difference["family"] == family]
+    if len(row):
+        r = row.iloc[0]
+        verdict = {"inconclusive": "the interval includes 0, so these seeds cannot tell the two apart",
+                   "not enough seeds": "one seed per setting, so no interval"}.get(
+            r["verdict"], f"the interval excludes 0: {method_name(r['verdict'].split()[0])} is less spread")
+        return (f"{method_name(r['first'])}'s top-1 range over {_family_words(family)} is "
+                f"{_fmt(r['range_first'])} points vs {_fmt(r['range_second'])} for {method_name(r['second'])} "
+                f"(difference {_fmt(r['range_diff'])}, {confidence:.0%} CI "
+                f"{_ci(r['range_diff_ci_low'], r['range_diff_ci_high'])}); {verdict}.")
+    parts = []
+    for _, r in table.loc[table["family"] == family].iterrows():
+        parts.append(f"{method_name(r['method'])}'s top-1 range over {_family_words(family)} is {_fmt(r['range'])} "
+                     f"points ({confidence:.0%} CI {_ci(r['range_ci_low'], r['range_ci_high'])})")
+    return "; ".join(parts) + "." if parts else "Too few finished settings for a reading."
+
+
+# --------------------------------------------------------------------------------------------- report
+def build_report(
+    study_dir: str | os.PathLike,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    diverged: str = "chance",
+    num_classes: int | None = None,
+    baseline: str | None = None,
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> tuple[Path, Path]:
+    """Write `report.html` (self-contained) and `report.md` (figures in `report_figures/`) for a study.
+
+    Args:
+        study_dir: the study folder (study.json, results.parquet, optionally history.parquet,
+            robustness.parquet, optuna.db). A partial or partly failed study is reported as it is.
+        out_dir: where to write; default the study folder.
+        diverged: "chance" (diverged trials count as chance accuracy) or "apart" (left out of the numbers
+            and shown beside them); the report says which.
+        num_classes: classes of the dataset, for chance accuracy when the configs cannot tell
+            (imagefolder datasets); without it such a study falls back to showing diverged trials apart.
+        baseline: Corruption Error baseline: "alexnet" (published ImageNet-C errors) or a model id of the
+            robustness table; default AlexNet for ImageNet, else the cross-entropy model with the lowest
+            clean error.
+        confidence, n_boot, seed: the bootstrap's interval level, replicates and random seed.
+
+    Returns:
+        (html_path, md_path).
+    """
+    if diverged not in DIVERGED_POLICIES:
+        raise ValueError(f"diverged={diverged!r} is not a policy; allowed: {' | '.join(DIVERGED_POLICIES)}")
+    files = load_study(study_dir)
+    out = Path(out_dir) if out_dir is not None else files.directory
+    out.mkdir(parents=True, exist_ok=True)
+    figure_dir = out / FIGURE_DIR
+    builder = _ReportBuilder(files, figure_dir, diverged=diverged, num_classes=num_classes, baseline=baseline,
+                             confidence=confidence, n_boot=n_boot, seed=seed)
+    document = builder.build()
+    info = files.info or {}
+    title = f"SupCon vs cross-entropy: study {info.get('space') or files.directory.name}"
+    subtitle = (f"{info.get('dataset', 'dataset unknown')}, {info.get('model', 'model unknown')}; report generated "
+                f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} from {files.directory}")
+    html_path, md_path = out / "report.html", out / "report.md"
+    _write_atomically(html_path, document.to_html(title, subtitle))
+    _write_atomically(md_path, document.to_markdown(title, subtitle, figure_dir, out))
+    # Figures of an earlier report that this one no longer draws would mislead a reader of the folder.
+    drawn = {p.name for f in builder.figures for p in (f.png, f.png.with_suffix(".svg"))}
+    for stale in figure_dir.glob("*"):
+        if stale.is_file() and stale.name not in drawn:
+            stale.unlink()
+    return html_path, md_path
+
+
+class _ReportBuilder:
+    """Computes the numbers and figures of one report and lays them out as a Document."""
+
+    def __init__(self, files: StudyFiles, figure_dir: Path, *, diverged: str, num_classes: int | None,
+                 baseline: str | None, confidence: float, n_boot: int, seed: int) -> None:
+        self.files = files
+        self.figure_dir = figure_dir
+        self.info = files.info or {}
+        self.notes = list(files.notes)
+        self.figures: list[Figure] = []
+        self.confidence = confidence
+        self.stats = {"confidence": confidence, "n_boot": n_boot, "seed": seed}
+        self.results = files.results
+        if self.results is not None:
+            missing = [c for c in ("method", "status", "test_top1") if c not in self.results.columns]
+            if missing:
+                self.notes.append(f"results table lacks column(s) {', '.join(missing)}; no stability numbers")
+                self.results = None
+        self.num_classes = num_classes
+        self.diverged = diverged
+        if self.results is not None and num_classes is None:
+            self.num_classes = self._study_num_classes()
+        self.policy_note = ""
+        if self.results is not None and diverged == "chance":
+            try:
+                stability_trials(self.results, diverged="chance", num_classes=self.num_classes)
+            except ValueError as error:
+                self.diverged = "apart"
+                self.policy_note = f" (asked to count them as chance, but {error}; shown apart instead)"
+        self.baseline = baseline
+
+    def _study_num_classes(self) -> int | None:
+        """Classes from study.json's dataset, for configs that do not carry it (searched trials)."""
+        key = str(self.info.get("dataset", ""))
+        from analysis.stability import DATASET_CLASSES
+
+        return DATASET_CLASSES.get(key)
+
+    # ------------------------------------------------------------------ helpers
+    def _try(self, what: str, function: Callable[[], Any]) -> Any:
+        """Run a computation on data that may be partial; a ValueError becomes a note, not a crash."""
+        try:
+            return function()
+        except ValueError as error:
+            self.notes.append(f"{what}: {error}")
+            return None
+
+    def _figure(self, paths: list[Path] | None, title: str, reading: str) -> Figure | None:
+        if not paths:
+            return None
+        figure = Figure(png=paths[0], title=title, reading=reading)
+        self.figures.append(figure)
+        return figure
+
+    def _policy_sentence(self) -> str:
+        if self.diverged == "chance":
+            chance = self._try("chance accuracy", lambda: chance_top1(self.results, self.num_classes))
+            return (f"Diverged trials count as chance accuracy ({_fmt(chance)}% top-1) in every number and plot; "
+                    "they are instabilities, never dropped.")
+        return ("Diverged trials are shown apart: left out of the numbers, counted in the n_diverged column and "
+                "marked in the plots" + self.policy_note + ".")
+
+    # ------------------------------------------------------------------ layout
+    def build(self) -> Document:
+        document = Document()
+        kwargs = {"diverged": self.diverged, "num_classes": self.num_classes}
+        results = self.results
+        self.table = self.difference = self.best = None
+        if results is not None and len(results):
+            self.table = self._try("stability table", lambda: stability_table(results, **kwargs, **self.stats))
+            self.difference = self._try("spread difference",
+                                        lambda: spread_difference(results, **kwargs, **self.stats))
+            self.best = self._try("best top-1", lambda: best_top1(results, **kwargs, **self.stats))
+        self.robustness_summary, self.baseline_note = self._robustness_numbers()
+
+        self._what_was_run(document)
+        self._headline(document)
+        self._stability(document)
+        self._importance(document)
+        self._robustness(document)
+        self._paper(document)
+        self._problems(document)
+        self._all_trials(document)
+        return document
+
+    def _what_was_run(self, document: Document) -> None:
+        document.heading("What was run")
+        if self.info:
+            rows = [(key, _describe(key, self.info[key])) for key in STUDY_INFO_FIELDS if key in self.info]
+            rows += [(k, _describe(k, v)) for k, v in self.info.items() if k not in STUDY_INFO_FIELDS]
+            document.table(pd.DataFrame(rows, columns=["setting", "value"]), "From study.json")
+        else:
+            document.paragraph("The study's settings are unknown: study.json is missing or unreadable.")
+        results = self.results
+        if results is None:
+            document.paragraph("No results table yet: no trial has been collected.")
+            return
+        expected = self.info.get("num_trials")
+        document.paragraph(f"{len(results)} trial(s) in the results table"
+                           + (f" of {expected} planned." if isinstance(expected, int) else "."))
+        if len(results):
+            counts = status_counts(results)
+            document.table(counts.assign(method=counts["method"].map(method_name)), "Trials per method and status")
+        varied = self._varied_values()
+        if varied:
+            document.table(pd.DataFrame(varied, columns=["hyperparameter family", "methods", "values"]),
+                           "What each family varies (one-at-a-time families start from the base combination)")
+
+    def _varied_values(self) -> list[tuple[str, str, str]]:
+        results = self.results
+        if "varied" not in results.columns:
+            return []
+        rows = []
+        for family in sorted(set(results["varied"].astype(str)) - {BASE}):
+            members = results.loc[results["varied"].astype(str) == family]
+            methods = ", ".join(method_name(m) for m in sorted(members["method"].astype(str).unique()))
+            if family in results.columns:
+                values = sorted(members[family].map(format_value).unique(), key=_natural)
+                base = results.loc[results["varied"].astype(str) == BASE, family].map(format_value).unique()
+                values = sorted(set(values) | set(base), key=_natural)
+                rows.append((family, methods, ", ".join(values)))
+            else:
+                columns = [c for c in hyperparameter_columns(results) if members[c].nunique() > 1]
+                rows.append((family, methods, ", ".join(columns) or "–"))
+        return rows
+
+    def _headline(self, document: Document) -> None:
+        document.heading("Headline comparison")
+        if self.table is None or self.best is None:
+            document.paragraph("No finished trials to compare yet.")
+        else:
+            document.paragraph(self._policy_sentence())
+            document.paragraph(
+                f"Best setting per method, chosen by validation top-1 so the test number is not selected on the "
+                f"test set; top-1 is the mean over that setting's seeds with a {self.confidence:.0%} bootstrap "
+                f"interval over seeds.")
+            best = self.best.copy()
+            reference = paper.table2_top1(str(self.info.get("dataset", "")))
+            frame = pd.DataFrame({
+                "method": best["method"].map(method_name), "best setting": best["setting"],
+                "seeds": best["n_seeds"], "val top-1": best["val_top1"], "test top-1": best["top1"],
+                f"{self.confidence:.0%} CI": [_ci(lo, hi, 2) for lo, hi in zip(best["ci_low"], best["ci_high"])],
+                "best single trial": best["best_single_trial"],
+            })
+            if reference:
+                frame["paper (Table 2, R50)"] = [reference.get(m, math.nan) for m in best["method"]]
+            document.table(frame, "Best top-1 per method")
+            document.paragraph(self._best_reading())
+            document.paragraph(
+                "Spread of top-1 over each hyperparameter's settings (seed means); range = best minus worst "
+                "setting, worst drop = the validation-chosen setting minus the worst. Intervals resample seeds "
+                "within each setting.")
+            document.table(_spread_frame(self.table, self.confidence), "Spread per hyperparameter family")
+            if self.difference is not None and len(self.difference):
+                document.table(_difference_frame(self.difference, self.confidence),
+                               "Difference in spread, SupCon minus cross-entropy (negative: SupCon more stable)")
+                document.paragraph(self._overall_stability_reading())
+        if self.robustness_summary is not None:
+            document.paragraph("Corruption robustness (" + self.baseline_note + "):")
+            document.table(self._mce_frame(), "mCE and relative mCE (percent; lower is better)")
+
+    def _best_reading(self) -> str:
+        best = self.best.set_index("method")
+        if {"supcon", "ce"} <= set(best.index):
+            s, c = best.loc["supcon"], best.loc["ce"]
+            overlap = not (s["ci_low"] > c["ci_high"] or c["ci_low"] > s["ci_high"])
+            gap = s["top1"] - c["top1"]
+            tail = ("the intervals overlap, so this difference may be seed noise" if overlap
+                    else "the intervals do not overlap") if np.isfinite(s["ci_low"]) and np.isfinite(c["ci_low"]) \
+                else "with one seed there is no interval"
+            return (f"SupCon's best top-1 is {_fmt(s['top1'], 2)} vs {_fmt(c['top1'], 2)} for cross-entropy "
+                    f"({'+' if gap >= 0 else ''}{_fmt(gap, 2)} points); {tail}.")
+        return "; ".join(f"{method_name(m)}: best top-1 {_fmt(r['top1'], 2)}" for m, r in best.iterrows()) + "."
+
+    def _overall_stability_reading(self) -> str:
+        d = self.difference
+        smaller = int((d["range_diff"] < 0).sum())
+        clear = int((d["verdict"] == "supcon less spread").sum())
+        against = int((d["verdict"] == "ce less spread").sum())
+        largest = d.loc[d["range_diff"].abs().idxmax()]
+        return (f"SupCon's top-1 range is smaller than cross-entropy's in {smaller} of {len(d)} families; the "
+                f"{self.confidence:.0%} interval of the difference excludes 0 in favour of SupCon in {clear} and of "
+                f"cross-entropy in {against}. Largest gap: {_family_words(largest['family'])}, "
+                f"{_fmt(largest['range_first'])} vs {_fmt(largest['range_second'])} points.")
+
+    def _stability(self, document: Document) -> None:
+        document.heading("Stability")
+        results = self.results
+        if self.table is None:
+            document.paragraph("No results table yet: no stability plots.")
+            return
+        kwargs = {"diverged": self.diverged, "num_classes": self.num_classes}
+        difference = self.difference if self.difference is not None else pd.DataFrame(columns=["family"])
+        families = [f for f in self.table["family"].unique() if f != BASE]
+        if self.difference is not None and len(self.difference):
+            reading = self._overall_stability_reading()
+        else:
+            reading = " ".join(_spread_reading(f, difference, self.table, self.confidence) for f in families[:3])
+        document.figure(self._figure(
+            self._try("box plots", lambda: plots.plot_stability_boxes(results, self.figure_dir, **kwargs)),
+            "Top-1 over each hyperparameter's settings (paper Fig. 4a; boxes span quartiles, whiskers the range)",
+            reading))
+        for hyperparameter, function, words in ACCURACY_PLOTS:
+            paths = self._try(f"{hyperparameter} plot", lambda: function(results, self.figure_dir, **kwargs))
+            if paths:
+                document.figure(self._figure(paths, f"Top-1 vs {words[:-1] if words.endswith('s') else words}",
+                                             self._accuracy_reading(hyperparameter)))
+        for row, column, function, reference, label in (
+            ("optimizer", "linear_optimizer", plots.plot_optimizer_pairs, paper.OPTIMIZER_PAIRS, "optimizer"),
+            ("augmentation", "linear_augmentation", plots.plot_augmentation_pairs, paper.AUGMENTATION_PAIRS,
+             "augmentation"),
+        ):
+            paths = self._try(f"{label} pairs", lambda: function(results, self.figure_dir, **kwargs))
+            if paths:
+                tables = plots.pair_table(results, row, column, **kwargs)
+                document.figure(self._figure(paths, f"Top-1 by contrastive-stage x linear-stage {label} "
+                                             f"(paper Supp. Table {8 if label == 'optimizer' else 9})",
+                                             _pair_reading(tables, reference, label)))
+
+    def _accuracy_reading(self, hyperparameter: str) -> str:
+        reading = _spread_reading(hyperparameter, self.difference if self.difference is not None
+                                  else pd.DataFrame(columns=["family"]), self.table, self.confidence)
+        rows = self.table.loc[self.table["family"] == hyperparameter]
+        if not len(rows):  # a grid or search over this hyperparameter: no one-at-a-time family
+            return f"Top-1 across the {_family_words(hyperparameter)} of the study's grid or search."
+        best = "; ".join(f"{method_name(r['method'])} does best at {r['best_setting']} on validation"
+                         for _, r in rows.iterrows() if r["best_setting"])
+        diverged = int(rows["n_diverged"].sum())
+        sentences = [reading, _sentence(best) + "." if best else "",
+                     f"{diverged} diverged trial(s), marked x." if diverged else ""]
+        return " ".join(s for s in sentences if s)
+
+    def _importance(self, document: Document) -> None:
+        document.heading("Hyperparameter importance")
+        importance = None
+        source = ""
+        if self.files.optuna_storage is not None:
+            importance = self._try("Optuna importance", lambda: hyperparameter_importance(
+                self.files.optuna_storage, results=self.results))
+            source = f"Optuna's evaluator on the persisted study {self.files.optuna_storage.name}"
+        if (importance is None or not len(importance)) and self.results is not None and len(self.results):
+            importance = self._try("importance", lambda: hyperparameter_importance(
+                self.results, diverged=self.diverged, num_classes=self.num_classes))
+            source = "the results table (no surrogate model)"
+        if importance is None or not len(importance):
+            document.paragraph("Not enough finished trials with varied hyperparameters to rank them.")
+            return
+        document.paragraph(f"Computed from {source}; importances sum to 1 per method. One-at-a-time designs: "
+                           "the variance of each family's setting means; grids and searches: main-effect "
+                           "variance fractions; Optuna studies: Optuna's PED-ANOVA.")
+        top = importance.sort_values("importance", ascending=False).groupby("method", sort=False).head(1)
+        reading = "; ".join(f"most important for {method_name(r['method'])}: {r['parameter']} ({_fmt(r['importance'], 2)})"
+                            for _, r in top.iterrows())
+        document.figure(self._figure(plots.plot_importance(importance, self.figure_dir),
+                                     "Hyperparameter importance per method", _sentence(reading) + "."))
+        frame = importance.assign(method=importance["method"].map(method_name))
+        document.table(frame, "Importance per hyperparameter")
+
+    # ------------------------------------------------------------------ robustness
+    def _robustness_numbers(self) -> tuple[pd.DataFrame | None, str]:
+        robustness = self.files.robustness
+        if robustness is None or not len(robustness):
+            return None, ""
+        if self.baseline is None:
+            self.baseline = self._default_baseline(robustness)
+        summary = self._try("robustness summary", lambda: plots.corruption_summary_by_model(robustness, self.baseline))
+        if summary is None:
+            from analysis import robustness as metrics
+
+            self._try("robustness summary", lambda: metrics.corruption_summary(robustness, baseline=self.baseline))
+            return None, ""
+        return summary, str(summary.attrs.get("baseline_note", f"baseline {self.baseline} = 100"))
+
+    def _default_baseline(self, robustness: pd.DataFrame) -> str:
+        """AlexNet for ImageNet; otherwise the cross-entropy model with the lowest clean error (any model
+        when there is no cross-entropy one)."""
+        if paper.dataset_key(str(self.info.get("dataset", ""))) == "imagenet":
+            return "alexnet"
+        clean = robustness.loc[robustness["corruption"].astype(str) == "clean"]
+        if not len(clean):
+            return "alexnet"
+        ce = clean.loc[clean["method"].astype(str) == "ce"] if "method" in clean.columns else clean.iloc[0:0]
+        pool = ce if len(ce) else clean
+        return str(pool.sort_values(["error", "model"]).iloc[0]["model"])
+
+    def _mce_frame(self) -> pd.DataFrame:
+        summary = self.robustness_summary
+        setting = self._model_settings()
+        return pd.DataFrame({
+            "model": summary.index, "method": summary["method"].map(method_name),
+            "setting": [setting.get(m, "–") for m in summary.index],
+            "mCE": summary["mCE"], "relative mCE": summary.get("relative_mCE", np.nan),
+            "clean error": summary.get("clean_error", np.nan),
+        })
+
+    def _model_settings(self) -> dict[str, str]:
+        results = self.results
+        if results is None or "trial_id" not in results.columns:
+            return {}
+        hyper = hyperparameter_columns(results)
+        settings = {}
+        for _, row in results.iterrows():
+            varied = str(row.get("varied", ""))
+            if varied in hyper:
+                label = f"{varied}={format_value(row[varied])}"
+            else:
+                label = varied
+            settings[str(row["trial_id"])] = f"{label}, seed {format_value(row.get('seed'))}"
+        return settings
+
+    def _robustness(self, document: Document) -> None:
+        document.heading("Robustness")
+        robustness = self.files.robustness
+        if robustness is None:
+            document.paragraph("No robustness table: corruption robustness was not evaluated for this study "
+                               "(run `python run_study.py robustness --study DIR`, then rebuild the report).")
+            return
+        if self.robustness_summary is None:
+            document.paragraph("The robustness table is incomplete or invalid, so mCE cannot be computed yet; "
+                               "see Problems and missing pieces.")
+        is_imagenet = paper.dataset_key(str(self.info.get("dataset", ""))) == "imagenet"
+        curves = plots.severity_curves(robustness, "top1")
+        reference = ({f"paper {method_name(m)} {model}": v for (m, model), v in paper.SEVERITY_TOP1.items()
+                      if model == "resnet50"} if is_imagenet else None)
+        document.figure(self._figure(
+            self._try("severity plot", lambda: plots.plot_severity(robustness, self.figure_dir, value="top1",
+                                                                   reference=reference)),
+            "Top-1 vs corruption severity, mean over corruptions (paper Supp. Table 6)",
+            _severity_reading(curves, "top-1", 1, "%")))
+        if "ece" in robustness.columns:
+            ece = plots.severity_curves(robustness, "ece")
+            reference = ({f"paper {method_name(m)} {model}": v for (m, model), v in paper.SEVERITY_ECE.items()}
+                         if is_imagenet else None)
+            document.figure(self._figure(
+                self._try("ECE plot", lambda: plots.plot_severity(robustness, self.figure_dir, value="ece",
+                                                                  reference=reference)),
+                "Expected calibration error vs corruption severity (paper Supp. Table 6)",
+                _severity_reading(ece, "ECE", 3, "")))
+        if self.robustness_summary is not None:
+            document.figure(self._figure(
+                plots.plot_corruption_errors(robustness, self.figure_dir, baseline=self.baseline),
+                "Corruption Error per corruption, grouped by family", self._corruption_reading()))
+            reference = {"paper CE R50": (68.6, 96.2), "paper SupCon R50": (67.2, 94.6)} \
+                if self._imagenet_c_comparable() else None
+            document.figure(self._figure(
+                plots.plot_mce(robustness, self.figure_dir, baseline=self.baseline, reference=reference),
+                "mCE and relative mCE per model (paper Fig. 3, left)", self._mce_reading()))
+            document.table(self._mce_frame(), f"mCE table ({self.baseline_note})")
+
+    def _corruption_reading(self) -> str:
+        summary = self.robustness_summary
+        columns = [c for c in summary.columns if str(c).startswith("CE_")]
+        parts = []
+        for method in plots.method_order(summary["method"]):
+            means = summary.loc[summary["method"] == method, columns].astype(float).mean()
+            if len(means) and means.notna().any():
+                worst = means.idxmax()
+                parts.append(f"hardest for {method_name(method)}: {worst[3:].replace('_', ' ')} (CE {_fmt(means[worst])})")
+        text = "; ".join(parts)
+        return (_sentence(text) + ". " if text else "") + _sentence(self.baseline_note) + "."
+
+    def _mce_reading(self) -> str:
+        summary = self.robustness_summary
+        by_method = summary.groupby("method")[["mCE", "relative_mCE"]].mean()
+        if {"supcon", "ce"} <= set(by_method.index):
+            s, c = by_method.loc["supcon"], by_method.loc["ce"]
+            text = (f"mCE {_fmt(s['mCE'])} for SupCon vs {_fmt(c['mCE'])} for cross-entropy (relative "
+                    f"{_fmt(s['relative_mCE'])} vs {_fmt(c['relative_mCE'])})")
+            if self._imagenet_c_comparable():
+                text += "; the paper's ResNet-50: 67.2 vs 68.6 (relative 94.6 vs 96.2)"
+        else:
+            text = "; ".join(f"{method_name(m)} mCE {_fmt(r['mCE'])}" for m, r in by_method.iterrows())
+        return f"{_sentence(text)}. {_sentence(self.baseline_note)}."
+
+    def _imagenet_c_comparable(self) -> bool:
+        """Our mCE is on the paper's scale only for ImageNet(-C) against AlexNet."""
+        return paper.dataset_key(str(self.info.get("dataset", ""))) == "imagenet" and self.baseline == "alexnet"
+
+    # ------------------------------------------------------------------ paper, problems, table
+    def _paper(self, document: Document) -> None:
+        document.heading("Comparison with the paper")
+        document.paragraph(f"Reference: {paper.SOURCE}.")
+        dataset = str(self.info.get("dataset", ""))
+        reference = paper.table2_top1(dataset)
+        if reference and self.best is not None and len(self.best):
+            best = self.best.set_index("method")
+            rows = [(method_name(m), best["top1"].get(m, math.nan), value)
+                    for m, value in reference.items() if m != "max_margin"]
+            document.table(pd.DataFrame(rows, columns=["method", "ours: best test top-1", "paper (Table 2)"]),
+                           f"Top-1 on {dataset}")
+            differences = paper.setting_differences(self.info)
+            document.paragraph("Settings differ from the paper's: " + "; ".join(differences) + ", so expect lower "
+                               "numbers; the comparison of interest is SupCon against cross-entropy under the same "
+                               "budget." if differences else "Setting matches Table 2's model and budget.")
+        else:
+            document.paragraph(f"The paper reports no top-1 for {dataset or 'this dataset'}; Table 2 covers "
+                               "CIFAR-10, CIFAR-100 and ImageNet with ResNet-50.")
+        if self.robustness_summary is not None and self._imagenet_c_comparable():
+            by_method = self.robustness_summary.groupby("method")[["mCE", "relative_mCE"]].mean()
+            rows = []
+            for method in ("ce", "supcon"):
+                ref = paper.imagenet_c_reference(method, "resnet50")
+                rows.append((method_name(method), by_method["mCE"].get(method, math.nan), ref["mCE"],
+                             by_method["relative_mCE"].get(method, math.nan), ref["relative_mCE"]))
+            document.table(pd.DataFrame(rows, columns=["method", "ours: mCE", "paper R50: mCE",
+                                                       "ours: relative mCE", "paper R50: relative mCE"]),
+                           "ImageNet-C (AlexNet = 100)")
+        else:
+            document.paragraph("The paper's ImageNet-C numbers (ResNet-50: mCE 68.6 for cross-entropy vs 67.2 for "
+                               "SupCon; relative mCE 96.2 vs 94.6) are comparable only to an ImageNet-C evaluation "
+                               "against AlexNet, which this study "
+                               + ("did not run." if self.files.robustness is None else "is not."))
+
+    def _problems(self, document: Document) -> None:
+        document.heading("Problems and missing pieces")
+        results = self.results
+        notes = list(dict.fromkeys(self.notes))
+        if results is not None:
+            expected = self.info.get("num_trials")
+            status = results["status"].astype(str)
+            unfinished = int((~status.isin(["completed", "diverged", "failed", "stopped_early"])).sum())
+            if isinstance(expected, int) and expected > len(results):
+                notes.append(f"{expected - len(results)} planned trial(s) are not in the results table yet")
+            if unfinished:
+                notes.append(f"{unfinished} trial(s) not finished (status "
+                             f"{', '.join(sorted(set(status[~status.isin(['completed', 'diverged', 'failed', 'stopped_early'])])))})")
+            stopped = int(status.eq("stopped_early").sum())
+            if stopped:
+                notes.append(f"{stopped} trial(s) stopped early by the scheduler: left out of stability and importance")
+            missing_test = int((status.eq("completed") & pd.to_numeric(results["test_top1"], errors="coerce").isna()).sum())
+            if missing_test:
+                notes.append(f"{missing_test} completed trial(s) have no test top-1")
+        document.bullets(notes or ["Nothing missing: every planned trial finished and every table is present."])
+        if results is None:
+            return
+        columns = [c for c in ("trial_id", "method", "varied", "seed", "epochs_run", "error") if c in results.columns]
+        failed = results.loc[results["status"].astype(str) == "failed", columns]
+        if len(failed):
+            document.table(failed.assign(method=failed["method"].map(method_name)), "Failed trials and their errors")
+        diverged = results.loc[results["status"].astype(str) == "diverged"]
+        if len(diverged):
+            hyper = hyperparameter_columns(results)
+            frame = diverged[[c for c in ("trial_id", "method", "varied", "seed", "epochs_run") if c in diverged]].copy()
+            frame["setting"] = [", ".join(f"{c}={format_value(r[c])}" for c in hyper if c == r.get("varied"))
+                                or str(r.get("varied", "")) for _, r in diverged.iterrows()]
+            document.table(frame.assign(method=frame["method"].map(method_name)), "Diverged trials (non-finite loss)")
+
+    def _all_trials(self, document: Document) -> None:
+        document.heading("All trials")
+        if self.results is None:
+            document.paragraph("No results table yet.")
+            return
+        document.paragraph(f"{len(self.results)} row(s) of results.parquet; top-1/top-5 in percent. The HTML "
+                           "report folds each trial's full config; the Markdown twin leaves it to results.csv.")
+        document.table(self.results, "results.parquet", collapsible=("config",))
+
+
+def _describe(key: str, value: Any) -> str:
+    if key == "wall_seconds" and _is_number(value) and np.isfinite(value):
+        seconds = int(round(float(value)))
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m {seconds % 60:02d}s ({seconds} s)"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_describe(k, v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_describe(key, v) for v in value) if value else "none"
+    return _cell(value)
+
+
+def _sentence(text: str) -> str:
+    """`text` with its first letter capitalised ("cross-entropy does..." -> "Cross-entropy does...")."""
+    return text[:1].upper() + text[1:]
+
+
+def _natural(label: str) -> tuple:
+    try:
+        return (0, float(label), "")
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def _spread_frame(table: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    level = f"{confidence:.0%} CI"
+    return pd.DataFrame({
+        "family": table["family"], "method": table["method"].map(method_name), "settings": table["n_settings"],
+        "min seeds": table["min_seeds"], "mean": table["mean"], "std": table["std"],
+        f"std {level}": [_ci(lo, hi, 2) for lo, hi in zip(table["std_ci_low"], table["std_ci_high"])],
+        "range": table["range"],
+        f"range {level}": [_ci(lo, hi, 2) for lo, hi in zip(table["range_ci_low"], table["range_ci_high"])],
+        "worst drop": table["worst_drop"], "best (val)": table["best_setting"], "worst": table["worst_setting"],
+        "diverged": table["n_diverged"], "failed": table["n_failed"], "stopped early": table["n_stopped_early"],
+        "unfinished": table["n_unfinished"],
+    })
+
+
+def _difference_frame(difference: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    level = f"{confidence:.0%} CI"
+    return pd.DataFrame({
+        "family": difference["family"], "SupCon range": difference["range_first"],
+        "CE range": difference["range_second"], "range difference": difference["range_diff"],
+        level: [_ci(lo, hi, 2) for lo, hi in zip(difference["range_diff_ci_low"], difference["range_diff_ci_high"])],
+        "std difference": difference["std_diff"],
+        f"std {level}": [_ci(lo, hi, 2) for lo, hi in zip(difference["std_diff_ci_low"], difference["std_diff_ci_high"])],
+        "verdict": difference["verdict"].str.replace("supcon", "SupCon").str.replace("ce less", "cross-entropy less"),
+    })
+
+
+def _pair_reading(tables: dict[str, pd.DataFrame], reference: dict[tuple[str, str], float], label: str) -> str:
+    parts = []
+    for method, pivot in tables.items():
+        stacked = pivot.stack().dropna()
+        if not len(stacked):
+            continue
+        (best_row, best_col), (worst_row, worst_col) = stacked.idxmax(), stacked.idxmin()
+        parts.append(f"{method_name(method)} does best with {best_row} / {best_col} ({_fmt(stacked.max())}) and worst "
+                     f"with {worst_row} / {worst_col} ({_fmt(stacked.min())}), a spread of "
+                     f"{_fmt(stacked.max() - stacked.min())} points")
+    best_pair = max(reference, key=reference.get)
+    worst_pair = min(reference, key=reference.get)
+    parts.append(f"the paper's best {label} pair is {best_pair[0]} / {best_pair[1]} ({reference[best_pair]}) and worst "
+                 f"{worst_pair[0]} / {worst_pair[1]} ({reference[worst_pair]}), ResNet-50 on ImageNet")
+    return _sentence("; ".join(parts)) + "."
+
+
+def _severity_reading(curves: pd.DataFrame | None, what: str, digits: int, unit: str) -> str:
+    if curves is None or not len(curves):
+        return ""
+    by_method = curves.groupby("method")[[c for c in curves.columns if c != "method"]].mean()
+    parts = [f"{method_name(m)} {_fmt(r.get('clean', math.nan), digits)}{unit} clean, "
+             f"{_fmt(r.get('5', math.nan), digits)}{unit} at severity 5"
+             for m, r in by_method.loc[plots.method_order(by_method.index)].iterrows()]
+    return f"Mean {what}: " + "; ".join(parts) + "."

@@ -1,0 +1,225 @@
+"""The report: built from synthetic study folders (complete, partial, broken), every section present,
+table text escaped, and the HTML opens in real headless Chromium without console errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.report import FIGURE_DIR, SECTIONS, build_report, load_study
+from test_plots import synthetic_pairs, synthetic_results, synthetic_robustness
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def write_study(directory: Path, *, results: pd.DataFrame | None = None, robustness: pd.DataFrame | None = None,
+                info: dict | None = None) -> Path:
+    """A study folder as the sweep and robustness stages leave it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if info is not False:
+        info = info or {
+            "space": "paper_stability", "design": "one_at_a_time", "dataset": "cifar10", "model": "resnet18",
+            "width": 0.25, "epochs": 2, "linear_epochs": 1, "seeds": [0, 1, 2], "metric": "val_top1",
+            "num_trials": 120, "hardware": {"platform": "Linux", "cpus": 2, "gpus": []},
+            "started": "2025-01-01T00:00:00+00:00", "finished": "2025-01-01T00:09:30+00:00", "wall_seconds": 570.0,
+        }
+        (directory / "study.json").write_text(json.dumps(info))
+    if results is not None:
+        results.to_parquet(directory / "results.parquet", index=False)
+        results.to_csv(directory / "results.csv", index=False)
+    if robustness is not None:
+        robustness.to_parquet(directory / "robustness.parquet", index=False)
+    return directory
+
+
+class _Text(HTMLParser):
+    """Collects headings, image sources and external references of an HTML document."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headings: list[str] = []
+        self.images: list[str] = []
+        self.external: list[str] = []
+        self._in_heading = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag in ("h2", "h3"):
+            self._in_heading = True
+            self.headings.append("")
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        for name in ("src", "href"):
+            value = attrs.get(name) or ""
+            if value and not value.startswith(("data:", "#")):
+                self.external.append(value)
+
+    def handle_endtag(self, tag):
+        if tag in ("h2", "h3"):
+            self._in_heading = False
+
+    def handle_data(self, data):
+        if self._in_heading:
+            self.headings[-1] += data
+
+
+def parse(path: Path) -> _Text:
+    parser = _Text()
+    parser.feed(path.read_text())
+    return parser
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory) -> tuple[Path, Path, Path]:
+    study = write_study(tmp_path_factory.mktemp("study") / "paper_stability",
+                        results=synthetic_results(), robustness=synthetic_robustness())
+    html_path, md_path = build_report(study, n_boot=300)
+    return study, html_path, md_path
+
+
+def test_report_has_every_section(full_report):
+    study, html_path, md_path = full_report
+    assert html_path == study / "report.html" and md_path == study / "report.md"
+    document = parse(html_path)
+    for section in SECTIONS:
+        assert section in document.headings, section
+    markdown = md_path.read_text()
+    for section in SECTIONS:
+        assert f"\n## {section}\n" in markdown, section
+    assert not list(study.glob(".*.tmp")), "temporary files left behind"
+
+
+def test_report_is_self_contained(full_report):
+    study, html_path, md_path = full_report
+    document = parse(html_path)
+    assert document.external == [], document.external
+    assert len(document.images) >= 10 and all(src.startswith("data:image/png;base64,") for src in document.images)
+    # The Markdown twin references the same figures as files next to it.
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md_path.read_text())
+    assert len(linked) == len(document.images)
+    for link in linked:
+        assert link.startswith(f"{FIGURE_DIR}/") and (study / link).is_file() and (study / link).stat().st_size > 0
+
+
+def test_report_numbers_and_readings(full_report):
+    _, html_path, md_path = full_report
+    text = html_path.read_text()
+    # Readings are generated from the numbers, including the SupCon-minus-CE spread with its interval.
+    assert re.search(r"SupCon&#x27;s top-1 range over learning rates is [\d.]+ points vs [\d.]+ for cross-entropy "
+                     r"\(difference -?[\d.]+, 95% CI \[-?[\d.]+, -?[\d.]+\]\)", text)
+    assert "Diverged trials count as chance accuracy (10.0% top-1)" in text
+    assert "paper (Table 2, R50)" in text and ">96.00<" in text  # CIFAR-10 SupCon, Table 2
+    assert "mCE" in text and "baseline model" in text  # not ImageNet: a model of the table is the baseline
+    markdown = md_path.read_text()
+    assert "| trial_id |" in markdown and "config" not in markdown.split("## All trials")[1].split("\n")[4]
+
+
+def test_pair_study_heat_maps(tmp_path):
+    info = {"space": "optimizer_pairs", "design": "grid", "dataset": "cifar10", "model": "resnet18"}
+    study = write_study(tmp_path / "pairs", results=synthetic_pairs(), info=info)
+    html_path, md_path = build_report(study, n_boot=200)
+    text = md_path.read_text()
+    assert "(paper Supp. Table 8)" in text and "(paper Supp. Table 9)" in text
+    assert "the paper's best optimizer pair is lars / rmsprop (78.7)" in text
+    assert (study / FIGURE_DIR / "optimizer_pairs.png").is_file()
+
+
+def test_table_text_is_escaped(full_report):
+    _, html_path, md_path = full_report
+    text = html_path.read_text()
+    # The failed trial's error message has <, > and &: escaped, never markup.
+    assert "&lt;tried to allocate 2 GiB&gt; &amp; more" in text
+    assert "<tried to allocate" not in text
+    assert "&lt;tried to allocate 2 GiB&gt; &amp; more" in md_path.read_text()
+
+
+def test_partial_study_says_what_is_missing(tmp_path):
+    running = small_results()
+    running.loc[running.index[:3], "status"] = "pending"
+    study = write_study(tmp_path / "running", results=running)
+    html_path, md_path = build_report(study, n_boot=200)
+    text = html_path.read_text()
+    for section in SECTIONS:
+        assert section in parse(html_path).headings
+    assert "No robustness table" in text
+    assert "not finished (status pending)" in text
+    assert "planned trial(s) are not in the results table yet" in text
+    assert "Failed trials and their errors" in text and "CUDA out of memory" in text
+
+
+def test_empty_study_folder(tmp_path):
+    study = tmp_path / "empty"
+    study.mkdir()
+    html_path, md_path = build_report(study)
+    text = html_path.read_text()
+    assert "no results.parquet" in text and "study.json" in text
+    assert all(section in parse(html_path).headings for section in SECTIONS)
+    with pytest.raises(ValueError, match="does not exist"):
+        build_report(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="chance \\| apart"):
+        build_report(study, diverged="drop")
+
+
+def small_results(**kwargs) -> pd.DataFrame:
+    """Only the base and learning-rate trials: a report with few figures, quick to draw."""
+    results = synthetic_results(**kwargs)
+    return results.loc[results["varied"].isin(["base", "lr"])].reset_index(drop=True)
+
+
+def test_broken_robustness_table_is_reported(tmp_path):
+    robustness = synthetic_robustness().query("severity != 5")  # an evaluation that did not finish
+    study = write_study(tmp_path / "broken", results=small_results(), robustness=robustness)
+    html_path, _ = build_report(study, n_boot=200)
+    text = html_path.read_text()
+    assert "robustness summary:" in text and "severities" in text
+
+
+def test_diverged_apart_and_unknown_classes(tmp_path):
+    results = synthetic_results(dataset="imagefolder:/data/pets").query("varied in ['base', 'temperature']")
+    study = write_study(tmp_path / "pets", results=results, info={"space": "t", "dataset": "imagefolder:/data/pets"})
+    text = build_report(study, n_boot=200)[0].read_text()
+    assert "shown apart instead" in text  # no class count: cannot place them at chance
+    text = build_report(study, num_classes=37, n_boot=200)[0].read_text()
+    assert "Diverged trials count as chance accuracy (2.7% top-1)" in text
+
+
+def test_stale_figures_are_removed(tmp_path):
+    study = write_study(tmp_path / "s", robustness=synthetic_robustness())
+    build_report(study, n_boot=200)
+    assert (study / FIGURE_DIR / "top1_vs_severity.png").is_file()
+    (study / "robustness.parquet").unlink()
+    build_report(study, n_boot=200)
+    assert not (study / FIGURE_DIR / "top1_vs_severity.png").exists()
+
+
+def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    profile = tmp_path / "chromium-profile"
+    command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless browser check needs Debian's chromium at "
+                    "/usr/bin/chromium (apt-get install chromium); .ci/run installs it")
+def test_html_opens_in_headless_chromium(full_report, tmp_path):
+    _, html_path, _ = full_report
+    run = _chromium(["--dump-dom", html_path.as_uri()], tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    console = [line for line in run.stderr.splitlines() if "CONSOLE" in line or "Refused to" in line]
+    assert console == [], console
+    dom = run.stdout
+    for section in SECTIONS:
+        assert f">{section}</h2>" in dom, section
+    screenshot = Path(os.environ.get("REPORT_SCREENSHOT", tmp_path / "report.png"))
+    run = _chromium(["--screenshot=" + str(screenshot), "--window-size=1200,2400", "--hide-scrollbars",
+                     html_path.as_uri()], tmp_path)
+    assert run.returncode == 0 and screenshot.stat().st_size > 10000, run.stderr[-2000:]
