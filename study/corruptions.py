@@ -24,7 +24,8 @@ adds what a study needs around them:
   which happens on small images (about 1 in 100 CIFAR images at 32 px, 1 in 4 at 8 px) and turns the image
   into NaN, i.e. black once cast to uint8; such images come back unspattered instead;
 - speed: frost textures are read from disk and rescaled once per process instead of once per image
-  (bit-identical to the library, about 10x faster at 32 px). The rest loops over images: the library's
+  (bit-identical to the library, about 10x faster at 32 px), and zoom_blur zooms channels as 2-D images
+  (bit-identical, 2x faster; it is the slowest corruption, about 1/4 of all the work at 224 px). The rest loops over images: the library's
   functions are per image and their numeric work dominates (batching brightness over N gave no speed-up).
 
 Note on scale: CIFAR-10-C was made with weaker, CIFAR-specific constants; sets generated here at 32 px or
@@ -47,6 +48,7 @@ import cv2
 import imagecorruptions
 import numpy as np
 from PIL import Image
+from scipy.ndimage import zoom as scipy_zoom
 
 __all__ = [
     "CORRUPTIONS",
@@ -78,6 +80,14 @@ _MOTION_KERNEL_WIDTHS = {"motion_blur": (21, 31, 31, 31, 41), "snow": (21, 25, 2
 _SEEDED_CORRUPTIONS = ("impulse_noise", "glass_blur")  # take their own `seed` argument
 # Same constants as imagecorruptions.frost (checked bit-for-bit against it in the tests).
 _FROST_MIX = ((1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75))
+# Same expressions as imagecorruptions.zoom_blur (float arange, so copied verbatim rather than rounded).
+_ZOOM_FACTORS = (
+    np.arange(1, 1.11, 0.01),
+    np.arange(1, 1.16, 0.01),
+    np.arange(1, 1.21, 0.02),
+    np.arange(1, 1.26, 0.02),
+    np.arange(1, 1.31, 0.03),
+)
 _FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg", "frost6.jpg")
 
 assert set(ALL_CORRUPTIONS) == set(imagecorruptions.get_corruption_names("all"))
@@ -146,10 +156,30 @@ def _corrupt_one(image: np.ndarray, name: str, severity: int, seed: int, functio
         result = function(Image.fromarray(image), severity, seed=seed)
     elif name == "spatter":
         result = _spatter(image, severity, function)
+    elif name == "zoom_blur":
+        result = _zoom_blur(image, severity)
     else:
         result = function(Image.fromarray(image), severity)
     # Truncation, not rounding, as imagecorruptions.corrupt and the original ImageNet-C scripts do.
     return np.uint8(np.clip(np.asarray(result), 0, 255))
+
+
+def _zoom_blur(image: np.ndarray, severity: int) -> np.ndarray:
+    """imagecorruptions.zoom_blur, zooming each channel as a 2-D image: bit-identical (the channel axis had
+    zoom 1, so its interpolation weights are exactly 1 and 0) and twice as fast."""
+    x = (image / 255.0).astype(np.float32)
+    height, width = x.shape[:2]
+    factors = _ZOOM_FACTORS[severity - 1]
+    accumulated = np.zeros_like(x)
+    for factor in factors:
+        # The library's clipped_zoom: crop the centre 1/factor, zoom it back up, keep the top-left H x W.
+        crop_height, crop_width = int(np.ceil(height / float(factor))), int(np.ceil(width / float(factor)))
+        top, left = (height - crop_height) // 2, (width - crop_width) // 2
+        crop = x[top : top + crop_height, left : left + crop_width]
+        layer = np.stack([scipy_zoom(crop[..., c], (factor, factor), order=1) for c in range(3)], axis=-1)
+        layer = layer[:height, :width]
+        accumulated[: layer.shape[0], : layer.shape[1]] += layer
+    return np.clip((x + accumulated) / (len(factors) + 1), 0, 1) * 255
 
 
 def _spatter(image: np.ndarray, severity: int, function) -> np.ndarray:
