@@ -7,7 +7,6 @@ vary that hyperparameter, no robustness table), so a report can call them all on
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Sequence

@@ -517,10 +517,27 @@ class _ReportBuilder:
         if len(results):
             counts = status_counts(results)
             document.table(counts.assign(method=counts["method"].map(method_name)), "Trials per method and status")
+        throughput = self._throughput()
+        if throughput:
+            document.paragraph(throughput)
         varied = self._varied_values()
         if varied:
             document.table(pd.DataFrame(varied, columns=["hyperparameter family", "methods", "values"]),
                            "What each family varies (one-at-a-time families start from the base combination)")
+
+    def _throughput(self) -> str:
+        """One line from history.parquet: epochs recorded and the median training speed per stage."""
+        history = self.files.history
+        if history is None or not len(history) or "stage" not in history.columns:
+            return ""
+        parts = []
+        for stage, group in history.groupby(history["stage"].astype(str), sort=True):
+            speed = pd.to_numeric(group.get("images_per_second"), errors="coerce").median()
+            seconds = pd.to_numeric(group.get("epoch_seconds"), errors="coerce").median()
+            parts.append(f"{stage}: {len(group)} epochs, median {_fmt(speed, 0)} images/s, "
+                         f"{_fmt(seconds, 1)} s per epoch")
+        trials = history["trial_id"].nunique() if "trial_id" in history.columns else "?"
+        return f"Training history of {trials} trial(s) — " + "; ".join(parts) + "."
 
     def _varied_values(self) -> list[tuple[str, str, str]]:
         results = self.results
@@ -593,11 +610,14 @@ class _ReportBuilder:
         smaller = int((d["range_diff"] < 0).sum())
         clear = int((d["verdict"] == "supcon less spread").sum())
         against = int((d["verdict"] == "ce less spread").sum())
+        with_interval = int((d["verdict"] != "not enough seeds").sum())
         largest = d.loc[d["range_diff"].abs().idxmax()]
-        return (f"SupCon's top-1 range is smaller than cross-entropy's in {smaller} of {len(d)} families; the "
-                f"{self.confidence:.0%} interval of the difference excludes 0 in favour of SupCon in {clear} and of "
-                f"cross-entropy in {against}. Largest gap: {_family_words(largest['family'])}, "
-                f"{_fmt(largest['range_first'])} vs {_fmt(largest['range_second'])} points.")
+        evidence = (f"the {self.confidence:.0%} interval of the difference excludes 0 in favour of SupCon in {clear} "
+                    f"and of cross-entropy in {against} of the {with_interval} with intervals" if with_interval
+                    else "with one seed per setting there are no intervals, so seed noise cannot be ruled out")
+        return (f"SupCon's top-1 range is smaller than cross-entropy's in {smaller} of {len(d)} families; {evidence}. "
+                f"Largest gap: {_family_words(largest['family'])}, {_fmt(largest['range_first'])} (SupCon) vs "
+                f"{_fmt(largest['range_second'])} (cross-entropy) points.")
 
     def _stability(self, document: Document) -> None:
         document.heading("Stability")
@@ -651,9 +671,12 @@ class _ReportBuilder:
         importance = None
         source = ""
         if self.files.optuna_storage is not None:
-            importance = self._try("Optuna importance", lambda: hyperparameter_importance(
-                self.files.optuna_storage, results=self.results))
-            source = f"Optuna's evaluator on the persisted study {self.files.optuna_storage.name}"
+            try:
+                importance = hyperparameter_importance(self.files.optuna_storage, results=self.results)
+                source = f"Optuna's evaluator on the persisted studies in {self.files.optuna_storage.name}"
+            except Exception as error:  # an external database (SQLAlchemy, Optuna): note it, fall back
+                self.notes.append(f"Optuna storage {self.files.optuna_storage.name} could not be used "
+                                  f"({type(error).__name__}: {error}); importance computed from the results table")
         if (importance is None or not len(importance)) and self.results is not None and len(self.results):
             importance = self._try("importance", lambda: hyperparameter_importance(
                 self.results, diverged=self.diverged, num_classes=self.num_classes))

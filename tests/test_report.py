@@ -37,6 +37,12 @@ def write_study(directory: Path, *, results: pd.DataFrame | None = None, robustn
         results.to_csv(directory / "results.csv", index=False)
     if robustness is not None:
         robustness.to_parquet(directory / "robustness.parquet", index=False)
+    if results is not None and "history" not in str(info):
+        history = pd.DataFrame([
+            {"trial_id": t, "method": m, "stage": "ce" if m == "ce" else "contrastive", "epoch": e, "loss": 1.0 / (e + 1),
+             "lr": 0.5, "val_top1": 80.0 + e, "val_top5": 99.0, "images_per_second": 1500.0 + e,
+             "epoch_seconds": 4.0} for t, m in zip(results["trial_id"], results["method"]) for e in range(2)])
+        history.to_parquet(directory / "history.parquet", index=False)
     return directory
 
 
@@ -116,6 +122,8 @@ def test_report_numbers_and_readings(full_report):
     assert re.search(r"SupCon&#x27;s top-1 range over learning rates is [\d.]+ points vs [\d.]+ for cross-entropy "
                      r"\(difference -?[\d.]+, 95% CI \[-?[\d.]+, -?[\d.]+\]\)", text)
     assert "Diverged trials count as chance accuracy (10.0% top-1)" in text
+    supcon_epochs = 2 * int((synthetic_results()["method"] == "supcon").sum())
+    assert f"contrastive: {supcon_epochs} epochs, median 1500 images/s, 4.0 s per epoch" in text
     assert "paper (Table 2, R50)" in text and ">96.00<" in text  # CIFAR-10 SupCon, Table 2
     assert "mCE" in text and "baseline model" in text  # not ImageNet: a model of the table is the baseline
     markdown = md_path.read_text()
@@ -130,6 +138,33 @@ def test_pair_study_heat_maps(tmp_path):
     assert "(paper Supp. Table 8)" in text and "(paper Supp. Table 9)" in text
     assert "the paper's best optimizer pair is lars / rmsprop (78.7)" in text
     assert (study / FIGURE_DIR / "optimizer_pairs.png").is_file()
+
+
+def test_searched_study_uses_the_persisted_optuna_study(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = tmp_path / "lr_search"
+    rows = []
+    for method in ("supcon", "ce"):
+        persisted = optuna.create_study(study_name=f"lr_search-{method}", direction="maximize",
+                                        storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+        for i, lr in enumerate([0.01, 0.03, 0.1, 0.3, 1.0, 3.0]):
+            augmentation = ["simaugment", "autoaugment"][i % 2]
+            value = 80 + 10 * lr / (1 + lr) + (augmentation == "autoaugment")
+            persisted.add_trial(optuna.trial.create_trial(
+                params={"lr": lr, "augmentation": augmentation}, value=value,
+                distributions={"lr": optuna.distributions.FloatDistribution(1e-3, 10, log=True),
+                               "augmentation": optuna.distributions.CategoricalDistribution(
+                                   ["simaugment", "autoaugment"])}))
+            row = synthetic_results().iloc[0].to_dict()
+            rows.append({**row, "trial_id": f"{method}-{i}", "method": method, "varied": "search", "lr": lr,
+                         "augmentation": augmentation, "val_top1": value, "test_top1": value - 0.5})
+    write_study(study, results=pd.DataFrame(rows), info={"space": "lr_search", "design": "search",
+                                                         "dataset": "cifar10"})
+    shutil.move(tmp_path / "optuna.db", study / "optuna.db")
+    text = build_report(study, n_boot=200)[1].read_text()
+    assert "Optuna's evaluator on the persisted studies in optuna.db" in text
+    assert "optuna PedAnovaImportanceEvaluator" in text
 
 
 def test_table_text_is_escaped(full_report):
@@ -158,6 +193,9 @@ def test_partial_study_says_what_is_missing(tmp_path):
 def test_empty_study_folder(tmp_path):
     study = tmp_path / "empty"
     study.mkdir()
+    files = load_study(study)
+    assert files.info is None and files.results is None and files.robustness is None
+    assert any("study.json" in note for note in files.notes)
     html_path, md_path = build_report(study)
     text = html_path.read_text()
     assert "no results.parquet" in text and "study.json" in text
