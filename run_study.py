@@ -15,7 +15,6 @@ import argparse
 import json
 import sys
 import typing
-import uuid
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -59,6 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ray_flags(train)
     _add_config_flags(train)
 
+    sweep = commands.add_parser("sweep", help="run (or resume) a study space with Ray Tune")
+    sweep.add_argument("--space", default="quick",
+                       help="a space name from search_spaces/ or a path to a space YAML file (default quick)")
+    sweep.add_argument("--name", help="study folder name under --storage (default SPACE-DATASET)")
+    sweep.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial")
+    sweep.add_argument("--cpus-per-worker", type=int, default=1)
+    sweep.add_argument("--gpus-per-worker", type=float, default=0)
+    sweep.add_argument("--max-concurrent", type=int, default=None, help="cap on trials run at once")
+    sweep.add_argument("--max-failures", type=int, default=1, help="retries of a failed trial (from its checkpoint)")
+    sweep.add_argument("--optuna-storage", default=None, help="SQLAlchemy URL for search designs (default SQLite)")
+    sweep.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    _add_ray_flags(sweep)
+    _add_config_flags(sweep)
+
+    collect = commands.add_parser("collect", help="write the results tables of a (partial) study")
+    collect.add_argument("--study", type=Path, required=True, help="the study folder")
+
     main_job = commands.add_parser("quickstart", help="the main job (what no arguments runs)")
     _add_ray_flags(main_job)
     main_job.add_argument("--epochs", type=int, default=None, help=argparse.SUPPRESS)
@@ -73,25 +89,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config.from_dict(overrides, source="command line")
 
 
-def check_storage(storage: str) -> None:
-    """Refuse a storage path that is a file or cannot be written, before any compute starts."""
-    if "://" in storage:
-        return
-    path = Path(storage).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--storage {storage!r} is a file; expected a folder (created if missing) or a URI")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-probe-{uuid.uuid4().hex}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as error:
-        raise ConfigError(f"--storage {storage!r} is not writable ({error.strerror or error})") from None
-
-
 def command_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # rejected here, before Ray starts or anything is written
-    from study.launch import check_address, run_training
+    from study.launch import check_address, check_storage, run_training
 
     if args.address:
         check_address(args.address)
@@ -102,9 +102,45 @@ def command_train(args: argparse.Namespace) -> int:
     return 0 if metrics.get("status") == "completed" else 1
 
 
+def sweep_options(args: argparse.Namespace):
+    from study.sweep import SweepOptions
+
+    for flag in ("workers_per_trial", "cpus_per_worker"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected an integer >= 1")
+    if args.gpus_per_worker < 0:
+        raise ConfigError(f"--gpus-per-worker {args.gpus_per_worker}: expected a number >= 0")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent {args.max_concurrent}: expected an integer >= 1")
+    return SweepOptions(storage=args.storage, name=args.name, address=args.address,
+                        workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
+                        gpus_per_worker=args.gpus_per_worker, max_concurrent=args.max_concurrent,
+                        max_failures=args.max_failures, optuna_storage=args.optuna_storage, resume=args.resume)
+
+
+def command_sweep(args: argparse.Namespace) -> int:
+    from study.sweep import run_sweep
+
+    overrides = {item.name: getattr(args, item.name) for item in fields(Config) if hasattr(args, item.name)}
+    options = sweep_options(args)
+    study_dir = run_sweep(args.space, overrides, options)
+    print(f"study folder: {study_dir}")
+    return 0
+
+
+def command_collect(args: argparse.Namespace) -> int:
+    from study.sweep import STUDY_FILE, collect
+
+    if not (args.study / STUDY_FILE).is_file():
+        raise ConfigError(f"--study {args.study}: not a study folder (no {STUDY_FILE})")
+    results, history = collect(args.study)
+    print(f"{args.study / 'results.parquet'}: {len(results)} trials, {len(history)} epoch rows")
+    return 0
+
+
 def command_quickstart(args: argparse.Namespace) -> int:
     """Train one SupCon and one cross-entropy model on the embedded digits dataset; print both test top-1s."""
-    from study.launch import run_training
+    from study.launch import check_storage, run_training
 
     check_storage(args.storage)
     results = {}
@@ -124,7 +160,8 @@ def command_quickstart(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv or ["quickstart"])
-    handlers = {"train": command_train, "quickstart": command_quickstart}
+    handlers = {"train": command_train, "sweep": command_sweep, "collect": command_collect,
+                "quickstart": command_quickstart}
     try:
         return handlers[args.command](args)
     except ConfigError as error:

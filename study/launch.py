@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -40,6 +41,22 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> Non
             pass
     except OSError as error:
         raise ConfigError(f"--address {address!r}: no Ray cluster answers there ({error.strerror or error})") from None
+
+
+def check_storage(storage: str) -> None:
+    """Refuse a storage path that is a file or cannot be written, before any compute starts."""
+    if "://" in storage:
+        return
+    path = Path(storage).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--storage {storage!r} is a file; expected a folder (created if missing) or a URI")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"--storage {storage!r} is not writable ({error.strerror or error})") from None
 
 
 def connect_ray(address: str | None = None, *, dashboard: bool = False, num_cpus: int | None = None) -> None:

@@ -1,0 +1,432 @@
+"""Sweeps: every trial of a study space run by Ray Tune, collected into one tidy results table.
+
+- A trial with one worker runs the training loop directly inside the Tune function trial (a TorchTrainer per
+  trial costs 10-30 s and GBs of actors, which would dominate short trials).
+- A trial with more workers launches one TorchTrainer from the trial, reporting to Tune through
+  `TuneReportCallback`; its Train run is named after the trial id, so a retried trial resumes it.
+- `search` designs are searched by Optuna (through Ray Tune's `OptunaSearch`), one Optuna study per method
+  persisted in SQLite next to the results, optionally with ASHA early stopping.
+- When the sweep ends (or on `collect`), `results.parquet` (one row per trial) and `history.parquet` (one
+  row per trial and epoch) are written atomically into the study folder. Analysis reads only those.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from search_spaces import StudySpace, TrialSpec, load_space
+from study.config import Config, ConfigError
+from study.launch import RayContext, build_trainer, check_storage, connect_ray, storage_uri
+from study.train import train
+
+RESULT_COLUMNS = ["study", "trial_id", "method", "varied"]
+FINAL_COLUMNS = ["seed", "status", "epochs_run", "val_top1", "val_top5", "test_top1", "test_top5", "wall_seconds",
+                 "checkpoint", "error", "config"]
+HISTORY_COLUMNS = ["trial_id", "method", "stage", "epoch", "loss", "lr", "val_top1", "val_top5",
+                   "images_per_second", "epoch_seconds"]
+STUDY_FILE = "study.json"
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """How a sweep runs (not what it trains: that is the space and the config overrides)."""
+
+    storage: str = "./runs"
+    name: str | None = None
+    address: str | None = None
+    workers_per_trial: int = 1
+    cpus_per_worker: int = 1
+    gpus_per_worker: float = 0
+    max_concurrent: int | None = None
+    max_failures: int = 1
+    optuna_storage: str | None = None
+    resume: bool = False
+    verbose: int = 1
+
+
+# ----------------------------------------------------------------------------------------- resources
+def trial_resources(options: SweepOptions, loader_workers: int = 0) -> dict[str, float]:
+    """What one trial occupies. A one-worker trial trains in the trial process itself; a multi-worker trial
+    holds one CPU for its driver plus its Train workers (each counting its data-loader processes)."""
+    per_worker_cpus = options.cpus_per_worker + loader_workers
+    if options.workers_per_trial == 1:
+        return {"CPU": per_worker_cpus, "GPU": options.gpus_per_worker}
+    return {"CPU": 1 + options.workers_per_trial * per_worker_cpus,
+            "GPU": options.workers_per_trial * options.gpus_per_worker}
+
+
+def max_concurrency(cluster: dict[str, float], per_trial: dict[str, float], requested: int | None = None) -> int:
+    """floor(cluster resources / per-trial resources), over CPUs and GPUs, capped by the request.
+
+    Zero means one trial does not fit at all. Too much concurrency does not fail in Ray: it hangs retrying
+    to start worker groups, so this is computed rather than left to the scheduler."""
+    limits = []
+    for resource, need in per_trial.items():
+        if need > 0:
+            limits.append(math.floor(cluster.get(resource, 0) / need + 1e-9))
+    allowed = min(limits) if limits else 1
+    return min(allowed, requested) if requested else allowed
+
+
+# ----------------------------------------------------------------------------------------- trainable
+def run_trial(tune_config: dict[str, Any]) -> None:
+    """The Tune function trainable of enumerated designs: one expanded trial spec."""
+    _train_trial(Config.from_dict(tune_config["spec"]["config"]), tune_config["options"])
+
+
+def _train_trial(config: Config, options: dict[str, Any]) -> None:
+    """Train one trial: in this process for one worker, under a TorchTrainer for more."""
+    import ray.tune
+
+    if options["workers_per_trial"] == 1:
+        device = torch.device("cuda" if config.use_gpu and torch.cuda.is_available() else "cpu")
+        context = RayContext(world_rank=0, world_size=1, device=device, report_fn=ray.tune.report,
+                             get_checkpoint_fn=ray.tune.get_checkpoint, prepare_fn=lambda model: model.to(device),
+                             print_progress=False)
+        train(config, context)
+        return
+    _run_trial_with_torch_trainer(config, options)
+
+
+def _run_trial_with_torch_trainer(config: Config, options: dict[str, Any]) -> None:
+    from ray.tune import get_context
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = get_context().get_trial_id()
+    trainer = build_trainer(config.replace(num_workers=options["workers_per_trial"]),
+                            storage=options["train_storage"], name=f"train-{trial_id}",
+                            max_failures=options["max_failures"], callbacks=[TuneReportCallback()])
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+
+
+# ----------------------------------------------------------------------------------------- running
+def prepare_trials(space: StudySpace, overrides: dict[str, Any], options: SweepOptions) -> list[TrialSpec]:
+    """Expand and validate every trial before anything runs (errors name the space file and key)."""
+    trials = space.trials({**overrides, "num_workers": options.workers_per_trial,
+                           "use_gpu": options.gpus_per_worker > 0})
+    if not trials:
+        raise ConfigError(f"{space.path}: the space expands to no trials")
+    return trials
+
+
+def study_directory(space: StudySpace, overrides: dict[str, Any], options: SweepOptions) -> tuple[str, Path]:
+    name = options.name or f"{space.name}-{_dataset_slug(overrides.get('dataset', 'digits'))}"
+    return name, Path(storage_uri(options.storage)) / name
+
+
+def _dataset_slug(dataset: str) -> str:
+    return dataset.replace("imagefolder:", "").rstrip("/").split("/")[-1] or "data"
+
+
+def run_sweep(space_name: str, overrides: dict[str, Any] | None = None,
+              options: SweepOptions = SweepOptions()) -> Path:
+    """Run (or resume) a study and write its tables. Returns the study folder."""
+    import ray
+    from ray import tune
+
+    overrides = dict(overrides or {})
+    space = load_space(space_name)
+    name, study_dir = study_directory(space, overrides, options)
+    if options.resume and not (study_dir / STUDY_FILE).is_file():
+        raise ConfigError(f"--resume: {study_dir} is not a study folder (no {STUDY_FILE}); run without --resume")
+    if not options.resume and (study_dir / STUDY_FILE).is_file():
+        raise ConfigError(f"study {study_dir} exists; pass --resume to continue it or --name to start another")
+    if space.design == "search":
+        base = space.config_for(space.methods[0], {}, space.seeds[0], {**overrides, "num_workers": 1})
+        trials: list[TrialSpec] = []
+        loader_workers = base.loader_workers
+    else:
+        trials = prepare_trials(space, overrides, options)
+        loader_workers = trials[0].config.loader_workers
+
+    check_storage(options.storage)
+    connect_ray(options.address)
+    per_trial = trial_resources(options, loader_workers)
+    concurrency = max_concurrency(ray.cluster_resources(), per_trial, options.max_concurrent)
+    if concurrency < 1:
+        raise ConfigError(f"one trial needs {per_trial} but the cluster has {ray.cluster_resources()}; "
+                          "lower --workers-per-trial / --gpus-per-worker")
+    started = time.time()
+    study_info = _read_json(study_dir / STUDY_FILE) if options.resume else {
+        "space": space.name, "space_file": str(space.path), "design": space.design,
+        "dataset": overrides.get("dataset", "digits"), "seeds": list(space.seeds), "metric": space.metric,
+        "overrides": overrides, "options": options.__dict__, "started": _now(), "hardware": _hardware(),
+    }
+    study_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(study_dir / STUDY_FILE, study_info)
+    print(f"study {name}: design {space.design}, {len(trials) or space.num_samples} trials per sweep, "
+          f"{concurrency} at a time ({per_trial} each); folder {study_dir}", flush=True)
+
+    resources = {key: value for key, value in per_trial.items() if value}
+    trial_options = {"workers_per_trial": options.workers_per_trial, "max_failures": options.max_failures,
+                     "train_storage": str(study_dir / "train_runs")}
+    try:
+        if space.design == "search":
+            for method in space.methods:
+                _run_search(space, method, overrides, options, study_dir, resources, trial_options, concurrency)
+        else:
+            _run_grid(trials, options, study_dir, resources, trial_options, concurrency)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the study is resumable with\n  run_study.py sweep --space {space_name} "
+              f"--storage {options.storage} --name {name} --resume", flush=True)
+        raise
+    wall = time.time() - started
+    study_info.update(finished=_now(), wall_seconds=study_info.get("wall_seconds", 0) + wall)
+    _write_json(study_dir / STUDY_FILE, study_info)
+    results, _ = collect(study_dir)
+    print(f"\nresults: {study_dir / 'results.parquet'} ({len(results)} trials: "
+          f"{results['status'].value_counts().to_dict()})", flush=True)
+    return study_dir
+
+
+def _run_grid(trials: list[TrialSpec], options: SweepOptions, study_dir: Path, resources: dict[str, float],
+              trial_options: dict[str, Any], concurrency: int) -> None:
+    """Enumerated designs (grid, one-at-a-time): one Tune trial per expanded trial spec."""
+    from ray import tune
+
+    trainable = tune.with_resources(run_trial, resources)
+
+    specs = [{"trial_name": spec.trial_name, "method": spec.method, "varied": spec.varied,
+              "params": spec.hyperparameters, "seed": spec.seed, "config": spec.config.to_dict()} for spec in trials]
+    experiment = study_dir / "tune"
+    if options.resume and tune.Tuner.can_restore(str(experiment)):
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"spec": tune.grid_search(specs), "options": trial_options},
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency,
+                                        trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_name),
+            run_config=_tune_run_config(experiment, options),
+        )
+    tuner.fit()
+
+
+def _tune_run_config(experiment: Path, options: SweepOptions):
+    from ray import tune
+
+    return tune.RunConfig(
+        name=experiment.name, storage_path=str(experiment.parent),
+        failure_config=tune.FailureConfig(max_failures=options.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        callbacks=[TrialLineCallback()], verbose=options.verbose,
+    )
+
+
+def _trial_name(trial) -> str:
+    spec = trial.config.get("spec")
+    return spec["trial_name"] if spec else f"{trial.config.get('method', 'trial')}-{trial.trial_id}"
+
+
+def _trial_dirname(trial) -> str:
+    return f"{_trial_name(trial)}-{trial.trial_id}"
+
+
+def _run_search(space: StudySpace, method: str, overrides: dict[str, Any], options: SweepOptions,
+                study_dir: Path, resources: dict[str, float], trial_options: dict[str, Any], concurrency: int) -> None:
+    """One Optuna study per method, persisted in SQLite (or --optuna-storage) for importance analyses."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    trainable = tune.with_resources(_searched_trial, resources)
+    experiment = study_dir / f"tune-{method}"
+    if options.resume and tune.Tuner.can_restore(str(experiment)):
+        tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True).fit()
+        return
+    storage_url = options.optuna_storage or f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
+    searcher = OptunaSearch(
+        space=space.search_space(method), metric=space.metric, mode=space.mode, sampler=space.make_sampler(),
+        study_name=f"{space.name}-{method}", storage=optuna.storages.RDBStorage(storage_url),
+    )
+    scheduler = None
+    if space.scheduler == "asha":
+        # One training_iteration per reported epoch; max_t must cover every stage and the final report,
+        # or ASHA would cut a trial that is merely finishing its linear stage.
+        base = space.base_config(method, space.seeds[0], overrides)
+        max_t = base.epochs + (base.linear_epochs if base.has_linear_stage else 0) + 1
+        scheduler = ASHAScheduler(metric=space.metric, mode=space.mode, max_t=max_t,
+                                  **space.scheduler_options)
+    fixed_overrides = {**overrides, "num_workers": options.workers_per_trial, "use_gpu": options.gpus_per_worker > 0}
+    base_config = {"method": method, "space_file": str(space.path), "overrides": fixed_overrides,
+                   "seed": space.seeds[0], "options": trial_options}
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"fixed": base_config},
+        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
+                                    scheduler=scheduler, num_samples=space.num_samples,
+                                    max_concurrent_trials=concurrency),
+        run_config=_tune_run_config(experiment, options),
+    )
+    tuner.fit()
+
+
+def _searched_trial(tune_config: dict[str, Any]) -> None:
+    """A searched trial: Optuna's sample on top of the space's base config for the method."""
+    fixed = tune_config["fixed"]
+    sample = {key: value for key, value in tune_config.items() if key != "fixed"}
+    space = load_space(fixed["space_file"])
+    config = space.config_for(fixed["method"], sample, fixed["seed"], fixed["overrides"])
+    _train_trial(config, fixed["options"])
+
+
+# ----------------------------------------------------------------------------------------- progress
+def _make_callback():
+    from ray.tune import Callback
+
+    class _TrialLineCallback(Callback):
+        """One line per finished trial with its key hyperparameters and metric."""
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            print(_trial_line(trial), flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(_trial_line(trial, failed=True), flush=True)
+
+    return _TrialLineCallback()
+
+
+def TrialLineCallback():  # noqa: N802 - reads like the class it builds; Ray is imported lazily
+    return _make_callback()
+
+
+def _trial_line(trial, failed: bool = False) -> str:
+    spec = trial.config.get("spec") or {}
+    result = trial.last_result or {}
+    params = spec.get("params") or {key: value for key, value in trial.config.items() if key != "fixed"}
+    described = ", ".join(f"{key}={value}" for key, value in params.items()) or "base"
+    status = "failed" if failed else result.get("status", "?")
+    if status == "completed" and result.get("stage") != "final":
+        status = "stopped_early"
+    top1 = result.get("test_top1", result.get("val_top1", math.nan))
+    return f"trial {_trial_name(trial)} [{spec.get('method', '')}] {described}: {status}, top-1 {top1:.2f}"
+
+
+# ----------------------------------------------------------------------------------------- collection
+def collect(study_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read every trial of a (possibly partial) study and write results.parquet/.csv and history.parquet."""
+    from ray.tune import ExperimentAnalysis
+
+    study_dir = Path(study_dir)
+    info = _read_json(study_dir / STUDY_FILE)
+    rows, history = [], []
+    for experiment in sorted(study_dir.glob("tune*")):
+        if not (experiment.is_dir() and list(experiment.glob("experiment_state*.json"))):
+            continue
+        analysis = ExperimentAnalysis(str(experiment))
+        for trial in analysis.trials:
+            row, trial_history = _trial_row(trial, info["space"], analysis)
+            rows.append(row)
+            history.extend(trial_history)
+    results = pd.DataFrame(rows)
+    varied = sorted({key for row in rows for key in row.get("_params", {})})
+    for key in varied:
+        results[key] = [row["_params"].get(key) for row in rows]
+    if len(results):
+        results = results.drop(columns="_params")
+    results = results.reindex(columns=RESULT_COLUMNS + varied + FINAL_COLUMNS)
+    history_table = pd.DataFrame(history, columns=HISTORY_COLUMNS)
+    _write_table(results, study_dir / "results.parquet", csv=True)
+    _write_table(history_table, study_dir / "history.parquet")
+    return results, history_table
+
+
+def _trial_row(trial, study: str, analysis) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    spec = trial.config.get("spec")
+    if spec is None:  # a searched trial
+        fixed = trial.config["fixed"]
+        params = {key: value for key, value in trial.config.items() if key != "fixed"}
+        spec = {"trial_name": trial.trial_id, "method": fixed["method"], "varied": "search", "params": params,
+                "seed": fixed["seed"], "config": None}
+    frame = analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame())
+    last = trial.last_result or {}
+    status = _status(trial, last)
+    epochs = frame[frame.get("stage", pd.Series(dtype=str)).isin(["contrastive", "ce", "linear"])] \
+        if "stage" in frame else pd.DataFrame()
+    checkpoint = ""
+    if status == "completed" and trial.checkpoint is not None:
+        checkpoint = str(Path(trial.checkpoint.path) / "model.pt")
+    elif status == "completed" and "checkpoint_path" in last:  # multi-worker trials report the Train path
+        checkpoint = str(Path(last["checkpoint_path"]) / "model.pt")
+    row = {
+        "study": study, "trial_id": spec["trial_name"], "method": spec["method"], "varied": spec["varied"],
+        "_params": spec["params"], "seed": spec["seed"], "status": status, "epochs_run": len(epochs),
+        "val_top1": last.get("val_top1", math.nan), "val_top5": last.get("val_top5", math.nan),
+        "test_top1": last.get("test_top1", math.nan) if status == "completed" else math.nan,
+        "test_top5": last.get("test_top5", math.nan) if status == "completed" else math.nan,
+        "wall_seconds": last.get("time_total_s", math.nan), "checkpoint": checkpoint,
+        "error": _error_message(trial) if status == "failed" else "",
+        "config": json.dumps(spec["config"] if spec["config"] is not None else trial.config, sort_keys=True,
+                             default=str),
+    }
+    history = [{"trial_id": spec["trial_name"], "method": spec["method"],
+                **{key: record.get(key) for key in HISTORY_COLUMNS[2:]}} for record in epochs.to_dict("records")]
+    return row, history
+
+
+def _status(trial, last: dict[str, Any]) -> str:
+    if trial.status == "ERROR":
+        return "failed"
+    if last.get("status") == "diverged":
+        return "diverged"
+    if last.get("stage") == "final":
+        return "completed"
+    if trial.status == "TERMINATED":
+        return "stopped_early"
+    return "failed" if trial.status == "ERROR" else "pending"
+
+
+def _error_message(trial) -> str:
+    path = Path(trial.path or "") / "error.txt"
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        return lines[-1][:500] if lines else "failed"
+    return str(getattr(trial, "error_msg", "") or "failed")[:500]
+
+
+# ----------------------------------------------------------------------------------------- files
+def _write_table(table: pd.DataFrame, path: Path, csv: bool = False) -> None:
+    """Parquet (and CSV) written atomically: readers never see a half-written table."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    table.to_parquet(temporary, index=False)
+    os.replace(temporary, path)
+    if csv:
+        csv_path = path.with_suffix(".csv")
+        temporary = csv_path.with_name(f".{csv_path.name}.tmp")
+        table.to_csv(temporary, index=False)
+        os.replace(temporary, csv_path)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(value, indent=2, sort_keys=True, default=str))
+    os.replace(temporary, path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _hardware() -> dict[str, Any]:
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpus": os.cpu_count(), "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}

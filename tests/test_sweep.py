@@ -1,0 +1,113 @@
+"""Sweeps under a real local Ray runtime: tables, resume, divergence, Optuna search with ASHA."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from study.config import ConfigError
+from study.sweep import SweepOptions, collect, max_concurrency, run_sweep, trial_resources
+
+TINY_BASE = """
+base:
+  dataset: digits
+  model: resnet18
+  width: 0.0625
+  epochs: 1
+  linear_epochs: 1
+  batch_size: 64
+  linear_batch_size: 64
+  augmentation: crop_flip
+  lr: 0.5
+"""
+
+
+def write_space(folder: Path, name: str, body: str) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(f"name: {name}\n" + TINY_BASE + body)
+    return path
+
+
+def test_concurrency_counts_the_trial_driver_and_loader_processes():
+    one_worker = trial_resources(SweepOptions(workers_per_trial=1))
+    assert one_worker == {"CPU": 1, "GPU": 0}
+    assert max_concurrency({"CPU": 2}, one_worker) == 2
+    two_workers = trial_resources(SweepOptions(workers_per_trial=2), loader_workers=1)
+    assert two_workers["CPU"] == 1 + 2 * 2
+    assert max_concurrency({"CPU": 2}, two_workers) == 0  # cannot fit: refused up front, never a hang
+    assert max_concurrency({"CPU": 16, "GPU": 4}, trial_resources(SweepOptions(workers_per_trial=2,
+                                                                              gpus_per_worker=1))) == 2
+    assert max_concurrency({"CPU": 64}, one_worker, requested=3) == 3
+
+
+def test_grid_sweep_writes_tables_counts_divergence_and_resumes(ray_session, tmp_path):
+    space = write_space(tmp_path, "tiny", """
+design: one_at_a_time
+methods: [supcon, ce]
+seeds: [0]
+vary:
+  lr: [0.5, 1.0e+30]
+""")
+    storage = tmp_path / "runs"
+    options = SweepOptions(storage=str(storage), name="tiny-study", max_failures=0, verbose=0)
+    study = run_sweep(str(space), {}, options)
+
+    results = pd.read_parquet(study / "results.parquet")
+    assert sorted(results["trial_id"]) == sorted(["supcon-base-seed0", "supcon-lr=1e+30-seed0", "ce-base-seed0",
+                                                 "ce-lr=1e+30-seed0"])
+    assert pd.read_csv(study / "results.csv").shape == results.shape
+    by_id = results.set_index("trial_id")
+    assert by_id.loc["ce-lr=1e+30-seed0", "status"] == "diverged"  # the sweep went on regardless
+    completed = by_id[by_id["status"] == "completed"]
+    assert {"supcon-base-seed0", "ce-base-seed0"} <= set(completed.index)
+    assert completed["test_top1"].between(0, 100).all()
+    assert all(Path(path).is_file() for path in completed["checkpoint"])
+    assert set(results["lr"]) == {0.5, 1e30}
+    for column in ("study", "method", "varied", "seed", "epochs_run", "val_top1", "wall_seconds", "config"):
+        assert column in results
+    assert json.loads(by_id.loc["ce-base-seed0", "config"])["method"] == "ce"
+
+    history = pd.read_parquet(study / "history.parquet")
+    supcon_base = history[history["trial_id"] == "supcon-base-seed0"]
+    assert list(supcon_base["stage"]) == ["contrastive", "linear"]
+
+    # Resuming a finished study re-runs nothing: rows and checkpoints stay byte-identical.
+    before = {path: Path(path).read_bytes() for path in completed["checkpoint"]}
+    run_sweep(str(space), {}, SweepOptions(storage=str(storage), name="tiny-study", resume=True, verbose=0))
+    again = pd.read_parquet(study / "results.parquet").set_index("trial_id")
+    assert again.loc[completed.index, "test_top1"].equals(completed["test_top1"])
+    assert all(Path(path).read_bytes() == data for path, data in before.items())
+
+
+def test_search_design_runs_optuna_with_asha_and_persists_the_study(ray_session, tmp_path):
+    space = write_space(tmp_path, "searched", """
+design: search
+methods: [ce]
+seeds: [0]
+metric: val_top1
+distributions:
+  lr: {type: float, low: 0.05, high: 1.0, log: true}
+num_samples: 3
+sampler: TPESampler
+scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
+""")
+    study = run_sweep(str(space), {"epochs": 2}, SweepOptions(storage=str(tmp_path / "runs"), name="s", verbose=0))
+    results = pd.read_parquet(study / "results.parquet")
+    assert len(results) == 3 and set(results["varied"]) == {"search"}
+    assert set(results["status"]) <= {"completed", "stopped_early"}
+    assert results["lr"].between(0.05, 1.0).all()
+    optuna_study = optuna.load_study(study_name="searched-ce", storage=f"sqlite:///{study / 'optuna.db'}")
+    assert len(optuna_study.trials) == 3
+
+
+def test_invalid_spaces_are_rejected_before_ray_starts(tmp_path):
+    space = write_space(tmp_path, "bad", "design: grid\nmethods: [ce]\nvary:\n  temperature: [0.1, 0.2]\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        run_sweep(str(space), {}, SweepOptions(storage=str(tmp_path / "runs")))
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(ConfigError, match="not a study folder"):
+        run_sweep("quick", {}, SweepOptions(storage=str(tmp_path / "runs"), resume=True))
