@@ -505,7 +505,7 @@ def best_top1(
         if len(values) >= 2:
             ci = percentile_interval(bootstrap_setting_means([values], n_boot, rng)[:, 0], confidence)
         rows.append({
-            "method": method, "setting": _short_setting(best_label, ids), "n_seeds": int(len(values)),
+            "method": method, "setting": _setting_name(best_label, ids, results), "n_seeds": int(len(values)),
             "val_top1": float(stats.at[best_label, "val_top1"]), "top1": float(values.mean()),
             "ci_low": ci[0], "ci_high": ci[1], "best_single_trial": float(ids["top1"].max()),
             "selected_by": selected_by, "diverged_policy": diverged, "confidence": confidence,
@@ -514,6 +514,20 @@ def best_top1(
         "method", "setting", "n_seeds", "val_top1", "top1", "ci_low", "ci_high", "best_single_trial",
         "selected_by", "diverged_policy", "confidence",
     ])
+
+
+def _setting_name(label: str, ids: pd.DataFrame, results: pd.DataFrame) -> str:
+    """How a reader knows a setting: "base", or "lr=0.1" for a one-at-a-time change from the base, or
+    the combination of the hyperparameters that vary for this method."""
+    rows = ids.loc[ids["setting"] == label, "row"].to_numpy()
+    if "varied" in results.columns:
+        varied = set(results["varied"].astype(str).to_numpy()[rows])
+        hyper = _hyperparameter_frame(results.reset_index(drop=True))
+        if varied <= {BASE}:
+            return BASE
+        if len(varied) == 1 and (name := next(iter(varied))) in hyper.columns:
+            return f"{name}={format_value(hyper[name].iloc[rows[0]])}"
+    return _short_setting(label, ids)
 
 
 def _short_setting(label: str, ids: pd.DataFrame) -> str:
