@@ -331,8 +331,10 @@ def _requested(corruptions: Sequence[str] | None, present: Callable[[str], bool]
         return list(CORRUPTIONS) + [name for name in EXTRA_CORRUPTIONS if present(name)]
     names = list(dict.fromkeys(corruptions))
     unknown = [name for name in names if name not in ALL_CORRUPTIONS]
-    if unknown or not names:
-        raise ValueError(f"unknown corruptions {unknown or '(none given)'}; allowed: {', '.join(ALL_CORRUPTIONS)}")
+    if unknown:
+        raise ValueError(f"unknown corruptions {unknown}; allowed: {', '.join(ALL_CORRUPTIONS)}")
+    if not names:
+        raise ValueError(f"no corruptions given; allowed: any of {', '.join(ALL_CORRUPTIONS)}")
     return names
 
 
@@ -488,7 +490,7 @@ def _run_generation(
     writers: dict[str, _NpyWriter] = {}
     pending: dict[ray.ObjectRef, tuple[str, int, int, int]] = {}
     next_job = 0
-    bar = _progress(len(jobs), f"corrupting {n} images x {len(names)} corruptions x 5 severities", progress)
+    bar = _Progress(len(jobs), f"corrupting {n} images x {len(names)} corruptions x 5 severities", progress)
     try:
         while next_job < len(jobs) or pending:
             while next_job < len(jobs) and len(pending) < window:
@@ -602,20 +604,20 @@ def evaluate_checkpoints(
         A DataFrame with `ROBUSTNESS_COLUMNS`: model, method, corruption ("clean" for clean data),
         severity (0 for clean), error and ece (fractions), n.
     """
-    named = _named_checkpoints(checkpoints)
-    corrupted = Path(corrupted)
+    named = {model_id: path.resolve() for model_id, path in _named_checkpoints(checkpoints).items()}
+    corrupted = Path(corrupted).resolve()  # tasks may run in another working directory
     load_corrupted(corrupted, corruptions, class_names=class_names)  # fail here, not in every task
     _ensure_ray()
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    clean_ref = _clean_reference(clean, corrupted, named)
+    clean_refs = _clean_references(clean, corrupted, named)
     task = _evaluate_checkpoint.options(num_cpus=cpus_per_task, num_gpus=1 if use_gpu else 0)
     refs = {
-        task.remote(model_id, str(path), str(corrupted), corruptions, clean_ref, batch_size, class_names): model_id
+        task.remote(model_id, str(path), str(corrupted), corruptions, clean_refs[model_id], batch_size, class_names): model_id
         for model_id, path in named.items()
     }
     rows: dict[str, list[dict]] = {}
-    bar = _progress(len(refs), f"evaluating {len(refs)} checkpoint(s)", progress)
+    bar = _Progress(len(refs), f"evaluating {len(refs)} checkpoint(s)", progress)
     try:
         pending = list(refs)
         while pending:
@@ -646,7 +648,7 @@ def _evaluate_checkpoint(
     checkpoint: str,
     corrupted: str,
     corruptions: Sequence[str] | None,
-    clean: tuple[Images, np.ndarray] | None,
+    clean: tuple[Images, np.ndarray] | None,  # resolved from the object store by Ray
     batch_size: int,
     class_names: Sequence[str] | None,
 ) -> list[dict]:
@@ -659,7 +661,7 @@ def _evaluate_checkpoint(
     settings = dict(mean=metadata["mean"], std=metadata["std"], batch_size=batch_size, device=device, image_size=image_size)
     rows = []
     if clean is not None:
-        images, labels = _dataset_test_arrays(metadata) if isinstance(clean, str) else clean
+        images, labels = clean
         rows.append({"corruption": CLEAN, "severity": 0, **evaluate_model(model, images, labels, **settings)})
     data = load_corrupted(corrupted, corruptions, class_names=class_names, image_size=image_size)
     for (name, severity), (images, labels) in data.items():
@@ -667,20 +669,26 @@ def _evaluate_checkpoint(
     return [{"model": model_id, "method": method, **row} for row in rows]
 
 
-_FROM_DATASET = "dataset"  # clean marker: each checkpoint's own dataset test split
-
-
-def _clean_reference(clean: Any, corrupted: Path, named: Mapping[str, Path]) -> Any:
-    """What the tasks get for the clean rows: arrays in the object store, the dataset marker, or None."""
+def _clean_references(clean: Any, corrupted: Path, named: Mapping[str, Path]) -> dict[str, Any]:
+    """Per checkpoint, the object-store reference of its clean (images, labels), or None for no clean rows."""
     if clean is False:
-        return None
-    if clean is None:
-        if (corrupted / CLEAN_FILE).is_file():
-            clean = corrupted
-        else:
-            return _FROM_DATASET
-    if isinstance(clean, (str, os.PathLike)):
-        path = Path(clean)
+        return {model_id: None for model_id in named}
+    if clean is None and not (corrupted / CLEAN_FILE).is_file():
+        # Each checkpoint's own test split, loaded once per (dataset, data_root, image_size).
+        from study.checkpoint import safe_load
+
+        by_split: dict[tuple[str, str, int], Any] = {}
+        refs = {}
+        for model_id, path in named.items():
+            payload = safe_load(path / "model.pt" if path.is_dir() else path)
+            config = payload.get("config", {})
+            key = (config.get("dataset", "digits"), config.get("data_root", "./data"), int(payload["image_size"]))
+            if key not in by_split:
+                by_split[key] = ray.put(_dataset_test_split(*key))
+            refs[model_id] = by_split[key]
+        return refs
+    if clean is None or isinstance(clean, (str, os.PathLike)):
+        path = corrupted if clean is None else Path(clean)
         images_path = path / CLEAN_FILE if path.is_dir() else path
         labels_path = images_path.parent / LABELS_FILE
         shape = _npy_shape(images_path)
@@ -695,19 +703,20 @@ def _clean_reference(clean: Any, corrupted: Path, named: Mapping[str, Path]) -> 
     images, labels = clean
     if len(images) != len(labels):
         raise ValueError(f"clean data has {len(images)} images but {len(labels)} labels")
-    return ray.put((np.asarray(images), np.asarray(labels)))
+    ref = ray.put((images if isinstance(images, ImageFileArray) else np.asarray(images), np.asarray(labels)))
+    return {model_id: ref for model_id in named}
 
 
-def _dataset_test_arrays(metadata: Mapping[str, Any]) -> tuple[Images, np.ndarray]:
-    """The test split of a checkpoint's own dataset at its image size; image folders stay on disk."""
+def _dataset_test_split(dataset: str, data_root: str, image_size: int) -> tuple[Images, np.ndarray]:
+    """A dataset's test split at `image_size`: uint8 arrays, or for image folders the files (absolute paths),
+    decoded batch by batch in the task."""
     from study.data import dataset_to_arrays, load_dataset
 
-    config = metadata.get("config", {})
-    image_size = int(metadata["image_size"])
-    splits = load_dataset(config.get("dataset", "digits"), root=config.get("data_root", "./data"), image_size=image_size)
+    splits = load_dataset(dataset, root=data_root, image_size=image_size)
     samples = getattr(splits.test, "samples", None)
     if samples is not None:
-        return ImageFileArray([path for path, _ in samples], image_size), np.asarray([label for _, label in samples])
+        paths = [os.path.abspath(path) for path, _ in samples]
+        return ImageFileArray(paths, image_size), np.asarray([label for _, label in samples], np.int64)
     return dataset_to_arrays(splits.test, image_size)
 
 
@@ -831,7 +840,7 @@ def _ensure_ray() -> None:
         ray.init()
 
 
-class _progress:
+class _Progress:
     """A tqdm bar, or printed lines when tqdm is missing or progress is off-terminal."""
 
     def __init__(self, total: int, description: str, enabled: bool) -> None:

@@ -349,3 +349,19 @@ def test_run_robustness_generates_the_datasets_corrupted_copy_then_evaluates(ray
     assert (generated / "contrast.npy").is_file() and (generated / "clean.npy").is_file()
     assert sorted(set(zip(table["corruption"], table["severity"]))) == [("clean", 0)] + [("contrast", s) for s in range(1, 6)]
     assert table["model"].unique().tolist() == ["t0"] and (tmp_path / "r.csv").is_file()
+
+
+def test_study_checkpoints_lists_completed_trials_with_a_classifier(tmp_path):
+    from study.robustness import study_checkpoints
+
+    (tmp_path / "t1").mkdir()
+    pd.DataFrame(
+        {
+            "trial_id": ["t1", "t2", "t3", "t4"],
+            "status": ["completed", "diverged", "completed", "completed"],
+            "checkpoint": ["t1/model.pt", "t2/model.pt", "", str(tmp_path / "t4" / "model.pt")],
+        }
+    ).to_parquet(tmp_path / "results.parquet")
+    assert study_checkpoints(tmp_path) == {"t1": tmp_path / "t1" / "model.pt", "t4": tmp_path / "t4" / "model.pt"}
+    with pytest.raises(ValueError, match="results.parquet is missing"):
+        study_checkpoints(tmp_path / "t1")
