@@ -8,10 +8,11 @@ SimCLR) and A(i) (every other view):
     L_out(i) = logsumexp_{a in A(i)} z_i.z_a/t - mean_{p in P(i)} z_i.z_p/t
     L_in(i)  = logsumexp_{a in A(i)} z_i.z_a/t - logsumexp_{p in P(i)} z_i.z_p/t + log |P(i)|
 
-Memory: one `[anchors, contrast]` float matrix (the logits, kept for backward by `logsumexp`) plus boolean
-masks where they are needed. For L_out without a positives cap no mask is built at all: the positive term
-is z_i . (sum of the other same-label features) / |P(i)|, from per-class feature sums. `chunk_size` bounds
-the matrix to `[chunk_size, contrast]` and recomputes it in backward (activation checkpointing).
+Memory: one `[anchors, contrast]` float matrix, kept for backward (a custom autograd function writes the
+gradient from the closed form instead of saving intermediates), plus boolean masks only where a positives
+cap or L_in needs them: for L_out without a cap the positive term is z_i . (sum of the other same-label
+features) / |P(i)|, from per-class feature sums. `chunk_size` bounds that matrix to `[chunk_size, contrast]`
+and recomputes it in backward (activation checkpointing).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 VARIANTS = ("out", "in")
@@ -95,42 +97,99 @@ def _validate(features: Tensor, labels: Tensor | None, temperature: float, varia
 
 
 def _positive_masks(self_cols: Tensor, anchor_class: Tensor, contrast_class: Tensor, n_views: int,
-                    max_positives: int | None) -> tuple[Tensor, Tensor]:
-    """Boolean `[anchors, contrast]` masks: kept positives, and entries left out of the denominator
-    (the anchor itself and positives dropped by the cap). The cap keeps the anchor's own other views
-    first, then other same-label views in contrast order (batches are shuffled, so this is a random pick)."""
-    rows = torch.arange(len(self_cols), device=self_cols.device)
+                    max_positives: int | None) -> tuple[Tensor, Tensor | None]:
+    """Boolean `[anchors, contrast]` masks: the kept positives, and the positives the cap drops from
+    numerator and denominator (None without a cap). The cap keeps the anchor's own other views first, then
+    other same-label views in contrast order (batches are shuffled, so this is a random pick)."""
     positives = anchor_class[:, None] == contrast_class[None, :]
-    positives[rows, self_cols] = False
-    excluded = torch.zeros_like(positives)
-    excluded[rows, self_cols] = True
+    positives[torch.arange(len(self_cols), device=self_cols.device), self_cols] = False
     if max_positives is None:
-        return positives, excluded
+        return positives, None
     cols = torch.arange(len(contrast_class), device=self_cols.device)
     own = positives & ((self_cols // n_views)[:, None] == (cols // n_views)[None, :])
     own_rank = own.cumsum(1, dtype=torch.int32)
     other_rank = (positives & ~own).cumsum(1, dtype=torch.int32) + own.sum(1, keepdim=True, dtype=torch.int32)
     kept = positives & (torch.where(own, own_rank, other_rank) <= max_positives)
-    return kept, excluded | (positives & ~kept)
+    return kept, positives & ~kept
+
+
+def _row_blocks(n_rows: int, n_cols: int, elements: int = 1 << 22) -> list[slice]:
+    """Row slices of about `elements` entries: bounds the temporaries of row-wise work to 16 MB of float32."""
+    step = max(1, elements // max(n_cols, 1))
+    return [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
+
+
+class _ContrastTerms(torch.autograd.Function):
+    """Per anchor row: log-sum-exp of the logits over A(i), and (when a kept-positives mask is given) the
+    positive term: their mean ("out") or their log-sum-exp ("in").
+
+    Saves one `[anchors, contrast]` matrix and writes the gradient from the closed form (softmax minus the
+    positive weights). For L_out the saved matrix is exp(logits - row max), computed in place, so backward
+    is two matrix products scaled per row, with no `[anchors, contrast]` temporaries; L_in keeps the logits
+    (its positive softmax must not underflow) and works in row blocks."""
+
+    @staticmethod
+    def forward(ctx, anchors: Tensor, contrast: Tensor, self_cols: Tensor, kept: Tensor | None,
+                dropped: Tensor | None, n_kept: Tensor, variant: str) -> tuple[Tensor, Tensor]:
+        logits = anchors @ contrast.T
+        # A finite fill (not -inf) keeps a row without any entry (a lone view) finite forward and backward.
+        fill = torch.finfo(logits.dtype).min
+        logits[torch.arange(len(anchors), device=anchors.device), self_cols] = fill
+        if dropped is not None:
+            logits.masked_fill_(dropped, fill)
+        positive = logits.new_zeros(len(anchors))
+        if variant == "in":
+            lse = logits.new_empty(len(anchors))
+            for rows in _row_blocks(*logits.shape):
+                lse[rows] = logits[rows].logsumexp(1)
+                positive[rows] = logits[rows].masked_fill(~kept[rows], fill).logsumexp(1)
+            saved = logits
+        else:
+            if kept is not None:
+                for rows in _row_blocks(*logits.shape):
+                    positive[rows] = torch.where(kept[rows], logits[rows], 0.0).sum(1) / n_kept[rows]
+            row_max = logits.amax(1)
+            saved = logits.sub_(row_max[:, None]).exp_()  # excluded entries become exactly 0
+            row_sum = saved.sum(1)
+            lse = row_max + row_sum.log()
+        # For "out" the softmax is saved / row_sum; for "in" it is exp(saved - lse).
+        ctx.save_for_backward(anchors, contrast, saved, lse if variant == "in" else row_sum, positive, kept, n_kept)
+        ctx.variant = variant
+        return lse, positive
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_lse: Tensor, grad_positive: Tensor):
+        anchors, contrast, saved, normaliser, positive, kept, n_kept = ctx.saved_tensors
+        if ctx.variant == "out" and kept is None:
+            weight = (grad_lse / normaliser)[:, None]
+            return ((saved @ contrast).mul_(weight), saved.T @ (anchors * weight),
+                    None, None, None, None, None)
+        grad_anchors, grad_contrast = torch.empty_like(anchors), torch.zeros_like(contrast)
+        for rows in _row_blocks(*saved.shape):
+            if ctx.variant == "out":
+                grad = saved[rows] * (grad_lse[rows] / normaliser[rows])[:, None]
+                grad += torch.where(kept[rows], (grad_positive[rows] / n_kept[rows])[:, None], 0.0)
+            else:
+                grad = (saved[rows] - normaliser[rows, None]).exp_().mul_(grad_lse[rows, None])
+                grad += torch.where(kept[rows], (saved[rows] - positive[rows, None]).exp(), 0.0) \
+                    * grad_positive[rows, None]
+            grad_anchors[rows] = grad @ contrast
+            grad_contrast.addmm_(grad.T, anchors[rows])
+        return grad_anchors, grad_contrast, None, None, None, None, None
 
 
 def _anchor_losses(anchors: Tensor, contrast: Tensor, self_cols: Tensor, anchor_class: Tensor,
                    contrast_class: Tensor, n_positives: Tensor, positive_mean: Tensor | None, n_views: int,
                    variant: str, max_positives: int | None) -> Tensor:
     """Per-anchor loss for a block of anchors (already divided by the temperature)."""
-    logits = anchors @ contrast.T
-    # A finite fill (not -inf) keeps rows without any entry (a lone view) finite in forward and backward.
-    fill = torch.finfo(logits.dtype).min
-    if positive_mean is not None:  # L_out without cap: no mask needed
-        logits[torch.arange(len(anchors), device=anchors.device), self_cols] = fill
-        return logits.logsumexp(1) - (anchors * positive_mean).sum(1)
-    positives, excluded = _positive_masks(self_cols, anchor_class, contrast_class, n_views, max_positives)
-    logits = logits.masked_fill_(excluded, fill)
-    denominator = logits.logsumexp(1)
-    n_pos = n_positives.clamp(min=1).to(logits.dtype)
-    if variant == "out":
-        return denominator - torch.where(positives, logits, 0.0).sum(1) / n_pos
-    return denominator - logits.masked_fill(~positives, fill).logsumexp(1) + n_pos.log()
+    n_kept = n_positives.clamp(min=1).to(anchors.dtype)
+    if positive_mean is not None:  # L_out without cap: the positive term needs no mask
+        lse, _ = _ContrastTerms.apply(anchors, contrast, self_cols, None, None, n_kept, variant)
+        return lse - (anchors * positive_mean).sum(1)
+    kept, dropped = _positive_masks(self_cols, anchor_class, contrast_class, n_views, max_positives)
+    lse, positive = _ContrastTerms.apply(anchors, contrast, self_cols, kept, dropped, n_kept, variant)
+    return lse - positive if variant == "out" else lse - positive + n_kept.log()
 
 
 def supcon_loss(features: Tensor, labels: Tensor | Sequence[int] | None = None, *, temperature: float = 0.1,
@@ -209,7 +268,7 @@ def supcon_loss(features: Tensor, labels: Tensor | Sequence[int] | None = None, 
             # Mean of the other same-class contrast features, from per-class sums: no [anchors, contrast] mask.
             class_sums = torch.zeros(len(class_sizes), dim, device=device, dtype=dtype)
             class_sums.index_add_(0, contrast_class, contrast)
-            positive_mean = (class_sums[anchor_class] - contrast[self_cols]) \
+            positive_mean = (class_sums.index_select(0, anchor_class) - contrast.index_select(0, self_cols)) \
                 / n_positives.clamp(min=1).to(dtype)[:, None]
 
         def block(start: int, stop: int) -> Tensor:

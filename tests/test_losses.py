@@ -151,6 +151,31 @@ def test_low_temperature_stays_finite():
     assert torch.isfinite(loss)
 
 
+@pytest.mark.parametrize("variant", ["out", "in"])
+@pytest.mark.parametrize("max_positives", [None, 2])
+def test_float32_matches_float64_at_low_temperature(variant, max_positives):
+    # At t = 0.01 the anchor's own logit (1/t) dwarfs the rest: the row maximum must leave it out.
+    features = random_features(16, 2, seed=4)
+    labels = torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(4))
+    grads = []
+    for dtype in (torch.float64, torch.float32):
+        leaf = features.to(dtype).detach().clone().requires_grad_()
+        loss = supcon_loss(leaf, labels, temperature=0.01, variant=variant, max_positives=max_positives)
+        loss.backward()
+        grads.append((loss.detach().double(), leaf.grad.double()))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-4)
+
+
+def test_backward_twice_with_retained_graph_doubles_the_gradient():
+    features = random_features(6, 2).requires_grad_()
+    loss = supcon_loss(features, torch.tensor([0, 1, 0, 1, 2, 2]))
+    loss.backward(retain_graph=True)
+    once = features.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(features.grad, 2 * once)
+
+
 def test_bf16_autocast_computes_in_float32():
     generator = torch.Generator().manual_seed(0)
     layer = torch.nn.Linear(16, 8)
