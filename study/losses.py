@@ -120,8 +120,8 @@ def _row_blocks(n_rows: int, n_cols: int, elements: int = 1 << 22) -> list[slice
 
 
 class _ContrastTerms(torch.autograd.Function):
-    """Per anchor row: log-sum-exp of the logits over A(i), and (when a kept-positives mask is given) the
-    positive term: their mean ("out") or their log-sum-exp ("in").
+    """Per anchor row of the logits `anchors @ contrast.T / t`: their log-sum-exp over A(i) and, when a
+    kept-positives mask is given, the positive term: their mean ("out") or their log-sum-exp ("in").
 
     Saves one `[anchors, contrast]` matrix and writes the gradient from the closed form (softmax minus the
     positive weights). For L_out the saved matrix is exp(logits - row max), computed in place, so backward
@@ -129,9 +129,10 @@ class _ContrastTerms(torch.autograd.Function):
     (its positive softmax must not underflow) and works in row blocks."""
 
     @staticmethod
-    def forward(ctx, anchors: Tensor, contrast: Tensor, self_cols: Tensor, kept: Tensor | None,
+    def forward(ctx, anchors: Tensor, contrast: Tensor, inv_t: float, self_cols: Tensor, kept: Tensor | None,
                 dropped: Tensor | None, n_kept: Tensor, variant: str) -> tuple[Tensor, Tensor]:
-        logits = anchors @ contrast.T
+        logits = anchors.new_empty(len(anchors), len(contrast))
+        torch.addmm(logits, anchors, contrast.T, beta=0, alpha=inv_t, out=logits)  # 1/t at no extra pass
         # A finite fill (not -inf) keeps a row without any entry (a lone view) finite forward and backward.
         fill = torch.finfo(logits.dtype).min
         logits[torch.arange(len(anchors), device=anchors.device), self_cols] = fill
@@ -143,28 +144,27 @@ class _ContrastTerms(torch.autograd.Function):
             for rows in _row_blocks(*logits.shape):
                 lse[rows] = logits[rows].logsumexp(1)
                 positive[rows] = logits[rows].masked_fill(~kept[rows], fill).logsumexp(1)
-            saved = logits
+            saved, normaliser = logits, lse  # softmax = exp(saved - lse)
         else:
             if kept is not None:
                 for rows in _row_blocks(*logits.shape):
                     positive[rows] = torch.where(kept[rows], logits[rows], 0.0).sum(1) / n_kept[rows]
             row_max = logits.amax(1)
             saved = logits.sub_(row_max[:, None]).exp_()  # excluded entries become exactly 0
-            row_sum = saved.sum(1)
-            lse = row_max + row_sum.log()
-        # For "out" the softmax is saved / row_sum; for "in" it is exp(saved - lse).
-        ctx.save_for_backward(anchors, contrast, saved, lse if variant == "in" else row_sum, positive, kept, n_kept)
-        ctx.variant = variant
+            normaliser = saved.sum(1)  # softmax = saved / normaliser
+            lse = row_max + normaliser.log()
+        ctx.save_for_backward(anchors, contrast, saved, normaliser, positive, kept, n_kept)
+        ctx.variant, ctx.inv_t = variant, inv_t
         return lse, positive
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_lse: Tensor, grad_positive: Tensor):
         anchors, contrast, saved, normaliser, positive, kept, n_kept = ctx.saved_tensors
+        inv_t = ctx.inv_t
         if ctx.variant == "out" and kept is None:
-            weight = (grad_lse / normaliser)[:, None]
-            return ((saved @ contrast).mul_(weight), saved.T @ (anchors * weight),
-                    None, None, None, None, None)
+            weight = (grad_lse * inv_t / normaliser)[:, None]
+            return (saved @ contrast).mul_(weight), saved.T @ (anchors * weight), None, None, None, None, None, None
         grad_anchors, grad_contrast = torch.empty_like(anchors), torch.zeros_like(contrast)
         for rows in _row_blocks(*saved.shape):
             if ctx.variant == "out":
@@ -174,21 +174,21 @@ class _ContrastTerms(torch.autograd.Function):
                 grad = (saved[rows] - normaliser[rows, None]).exp_().mul_(grad_lse[rows, None])
                 grad += torch.where(kept[rows], (saved[rows] - positive[rows, None]).exp(), 0.0) \
                     * grad_positive[rows, None]
-            grad_anchors[rows] = grad @ contrast
-            grad_contrast.addmm_(grad.T, anchors[rows])
-        return grad_anchors, grad_contrast, None, None, None, None, None
+            torch.mm(grad, contrast, out=grad_anchors[rows]).mul_(inv_t)
+            grad_contrast.addmm_(grad.T, anchors[rows], alpha=inv_t)
+        return grad_anchors, grad_contrast, None, None, None, None, None, None
 
 
-def _anchor_losses(anchors: Tensor, contrast: Tensor, self_cols: Tensor, anchor_class: Tensor,
+def _anchor_losses(anchors: Tensor, contrast: Tensor, inv_t: float, self_cols: Tensor, anchor_class: Tensor,
                    contrast_class: Tensor, n_positives: Tensor, positive_mean: Tensor | None, n_views: int,
                    variant: str, max_positives: int | None) -> Tensor:
-    """Per-anchor loss for a block of anchors (already divided by the temperature)."""
+    """Per-anchor loss for a block of anchors."""
     n_kept = n_positives.clamp(min=1).to(anchors.dtype)
     if positive_mean is not None:  # L_out without cap: the positive term needs no mask
-        lse, _ = _ContrastTerms.apply(anchors, contrast, self_cols, None, None, n_kept, variant)
-        return lse - (anchors * positive_mean).sum(1)
+        lse, _ = _ContrastTerms.apply(anchors, contrast, inv_t, self_cols, None, None, n_kept, variant)
+        return lse - (anchors * positive_mean).sum(1) * inv_t
     kept, dropped = _positive_masks(self_cols, anchor_class, contrast_class, n_views, max_positives)
-    lse, positive = _ContrastTerms.apply(anchors, contrast, self_cols, kept, dropped, n_kept, variant)
+    lse, positive = _ContrastTerms.apply(anchors, contrast, inv_t, self_cols, kept, dropped, n_kept, variant)
     return lse - positive if variant == "out" else lse - positive + n_kept.log()
 
 
@@ -198,7 +198,7 @@ def supcon_loss(features: Tensor, labels: Tensor | Sequence[int] | None = None, 
     """Supervised contrastive loss: the mean over anchors of the per-anchor loss of Khosla et al. (2020).
 
     Args:
-        features: `[batch, n_views, dim]`, L2-normalised projections of every view.
+        features: `[batch, n_views, dim]`, the (L2-normalised) projections of every view.
         labels: `[batch]` integer class labels; None gives SimCLR (positives are the sample's other views).
         temperature: t > 0 dividing the dot products.
         variant: "out" (Eq. 2, L_out, the paper's choice) or "in" (Eq. 3, L_in).
@@ -248,32 +248,27 @@ def supcon_loss(features: Tensor, labels: Tensor | Sequence[int] | None = None, 
         class_sizes = torch.bincount(contrast_class)
         contrast = everyone.reshape(world * batch * n_views, dim)
 
-        offset = rank * batch * n_views
-        if contrast_mode == "all":
-            anchors = features.reshape(batch * n_views, dim)
-            self_cols = offset + torch.arange(batch * n_views, device=device)
-            global_anchor_class = contrast_class
-        else:
-            anchors = features[:, 0]
-            self_cols = offset + torch.arange(batch, device=device) * n_views
-            global_anchor_class = sample_class
-        anchor_class = contrast_class[self_cols]
+        # This worker's anchors are contrast rows offset + [0, 1, 2, ...] ("all") or every n_views-th ("one").
+        offset, stride = rank * batch * n_views, 1 if contrast_mode == "all" else n_views
+        anchors = features.reshape(batch * n_views, dim)[::stride]
+        self_rows = slice(offset, offset + batch * n_views, stride)
+        self_cols = torch.arange(offset, offset + batch * n_views, stride, device=device)
+        anchor_class = contrast_class[self_rows]
+        global_anchor_class = contrast_class[::stride]
         n_positives = class_sizes[anchor_class] - 1
         if max_positives is not None:
             n_positives = n_positives.clamp(max=max_positives)
-        anchors = anchors / temperature
 
         positive_mean = None
         if variant == "out" and max_positives is None:
             # Mean of the other same-class contrast features, from per-class sums: no [anchors, contrast] mask.
-            class_sums = torch.zeros(len(class_sizes), dim, device=device, dtype=dtype)
-            class_sums.index_add_(0, contrast_class, contrast)
-            positive_mean = (class_sums.index_select(0, anchor_class) - contrast.index_select(0, self_cols)) \
+            class_sums = contrast.new_zeros(len(class_sizes), dim).index_add_(0, contrast_class, contrast)
+            positive_mean = (class_sums.index_select(0, anchor_class) - contrast[self_rows]) \
                 / n_positives.clamp(min=1).to(dtype)[:, None]
 
         def block(start: int, stop: int) -> Tensor:
-            return _anchor_losses(anchors[start:stop], contrast, self_cols[start:stop], anchor_class[start:stop],
-                                  contrast_class, n_positives[start:stop],
+            return _anchor_losses(anchors[start:stop], contrast, 1.0 / temperature, self_cols[start:stop],
+                                  anchor_class[start:stop], contrast_class, n_positives[start:stop],
                                   None if positive_mean is None else positive_mean[start:stop],
                                   n_views, variant, max_positives)
 
