@@ -89,8 +89,10 @@ class RayContext:
     print_progress: bool = True
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        import ray
         from ray.train import Checkpoint
 
+        metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}  # where it ran, for the table
         if self.print_progress and self.world_rank == 0 and metrics.get("stage") != "final":
             print(format_progress(metrics), flush=True)
         checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None

@@ -33,7 +33,7 @@ from study.train import train
 
 RESULT_COLUMNS = ["study", "trial_id", "method", "varied"]
 FINAL_COLUMNS = ["seed", "status", "epochs_run", "val_top1", "val_top5", "test_top1", "test_top5", "wall_seconds",
-                 "checkpoint", "error", "config"]
+                 "checkpoint", "node_id", "error", "config"]
 HISTORY_COLUMNS = ["trial_id", "method", "stage", "epoch", "loss", "lr", "val_top1", "val_top5",
                    "images_per_second", "epoch_seconds"]
 STUDY_FILE = "study.json"
@@ -171,7 +171,10 @@ def run_sweep(space_name: str, overrides: dict[str, Any] | None = None,
     print(f"study {name}: design {space.design}, {len(trials) or space.num_samples} trials per sweep, "
           f"{concurrency} at a time ({per_trial} each); folder {study_dir}", flush=True)
 
-    resources = {key: value for key, value in per_trial.items() if value}
+    # A one-worker trial trains in its own process and holds all it needs; a multi-worker trial holds one CPU
+    # for its driver, and its TorchTrainer requests the workers (the concurrency limit keeps room for them).
+    held = per_trial if options.workers_per_trial == 1 else {"CPU": 1}
+    resources = {key: value for key, value in held.items() if value}
     trial_options = {"workers_per_trial": options.workers_per_trial, "max_failures": options.max_failures,
                      "train_storage": str(study_dir / "train_runs")}
     try:
@@ -371,6 +374,7 @@ def _trial_row(trial, study: str, analysis) -> tuple[dict[str, Any], list[dict[s
         "test_top1": last.get("test_top1", math.nan) if status == "completed" else math.nan,
         "test_top5": last.get("test_top5", math.nan) if status == "completed" else math.nan,
         "wall_seconds": last.get("time_total_s", math.nan), "checkpoint": checkpoint,
+        "node_id": last.get("node_id", ""),
         "error": _error_message(trial) if status == "failed" else "",
         "config": json.dumps(spec["config"] if spec["config"] is not None else trial.config, sort_keys=True,
                              default=str),

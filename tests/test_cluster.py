@@ -1,0 +1,64 @@
+"""A sweep on a two-node Ray cluster started on this machine, in a subprocess of its own (the session's local
+runtime stays untouched): trials land on both nodes, results gather in one storage path, and a trial with two
+Train workers runs through a TorchTrainer launched from the Tune trial."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    import ray
+    from ray.cluster_utils import Cluster
+    from study.sweep import SweepOptions, run_sweep
+
+    space, multi_space, storage = sys.argv[1], sys.argv[2], sys.argv[3]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+    single = run_sweep(space, {}, SweepOptions(storage=storage, name="single", verbose=0, max_failures=0))
+    multi = run_sweep(multi_space, {}, SweepOptions(storage=storage, name="multi", workers_per_trial=2,
+                                                        max_concurrent=1, verbose=0, max_failures=0))
+    print("RESULT " + json.dumps({"nodes": nodes, "single": str(single), "multi": str(multi)}))
+    ray.shutdown()
+    cluster.shutdown()
+""")
+
+
+def test_sweep_spreads_over_two_nodes_and_runs_multi_worker_trials(tmp_path):
+    space = tmp_path / "two_nodes.yaml"
+    space.write_text(textwrap.dedent("""
+        name: two_nodes
+        design: grid
+        methods: [ce]
+        seeds: [0, 1]
+        base: {dataset: digits, model: resnet18, width: 0.0625, epochs: 1, batch_size: 64,
+               augmentation: crop_flip}
+        vary:
+          lr: [0.1, 0.5]
+    """))
+    multi_space = tmp_path / "two_workers.yaml"
+    multi_space.write_text(space.read_text().replace("two_nodes", "two_workers").replace("seeds: [0, 1]", "seeds: [0]")
+                           .replace("lr: [0.1, 0.5]", "lr: [0.5]"))
+    completed = subprocess.run([sys.executable, "-c", SCRIPT, str(space), str(multi_space), str(tmp_path / "runs")],
+                               capture_output=True, text=True, timeout=540)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    line = [row for row in completed.stdout.splitlines() if row.startswith("RESULT ")][-1]
+    outcome = json.loads(line.removeprefix("RESULT "))
+    assert len(outcome["nodes"]) == 2
+
+    single = pd.read_parquet(f"{outcome['single']}/results.parquet")
+    assert len(single) == 4 and (single["status"] == "completed").all()
+    assert set(single["node_id"]) == set(outcome["nodes"])  # four 1-CPU trials fill both 2-CPU nodes
+
+    multi = pd.read_parquet(f"{outcome['multi']}/results.parquet")
+    assert len(multi) == 1 and (multi["status"] == "completed").all()
+    assert multi["test_top1"].between(0, 100).all()
+    assert all(path.endswith("model.pt") for path in multi["checkpoint"])
