@@ -22,21 +22,24 @@ CASES = [
     {"labels": "supervised", "max_positives": 2},
     {"labels": "supervised", "chunk_size": 5},
     {"labels": None},
+    # One view: samples 3 and 5 have no positive, and the workers hold unequal numbers of valid anchors
+    # (3 and 1), so the mean must be over the global count, not a mean of per-worker means.
+    {"labels": "supervised", "views": 1},
 ]
 
 
 def make_inputs():
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(BATCH, 2, 5, generator=generator)
-    # Sample 5 is the only one of its class: with one view its anchors would have no positive.
     labels = torch.tensor([0, 1, 0, 2, 1, 3])
     torch.manual_seed(0)
     return torch.nn.Linear(5, 4), x, labels
 
 
 def loss_and_grads(model, x, labels, case):
-    kwargs = {k: v for k, v in case.items() if k != "labels"}
+    kwargs = {k: v for k, v in case.items() if k not in ("labels", "views")}
     model.zero_grad()
+    x = x[:, :case.get("views", x.shape[1])]
     loss = supcon_loss(F.normalize(model(x), dim=-1), None if case["labels"] is None else labels,
                        temperature=0.3, **kwargs)
     loss.backward()
