@@ -141,16 +141,19 @@ def timed(fn: Loss, features: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def bench_shape(shape: tuple[int, int, int], contenders: dict[str, Loss], repeats: int,
-                device: torch.device) -> list[dict]:
+                device: torch.device, budget_s: float = 40.0) -> list[dict]:
     generator = torch.Generator().manual_seed(0)
     features = F.normalize(torch.randn(shape, generator=generator), dim=-1).to(device).requires_grad_()
     labels = torch.randint(0, NUM_CLASSES, shape[:1], generator=generator).to(device)
     values = {name: step(fn, features, labels) for name, fn in contenders.items()}  # also warms up
     memory = {name: peak_bytes(fn, features, labels) for name, fn in contenders.items()}
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
+    started = time.perf_counter()
+    for repeat in range(repeats):
         for name, fn in contenders.items():
             times[name].append(timed(fn, features, labels))
+        if repeat >= 2 and time.perf_counter() - started > budget_s:  # a loaded machine: stop early
+            break
     rows = []
     for name in contenders:
         rows.append({"shape": shape, "contender": name, "loss": values[name],
@@ -161,9 +164,13 @@ def bench_shape(shape: tuple[int, int, int], contenders: dict[str, Loss], repeat
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: torch's); 1 is steadier on a machine shared with other jobs")
     parser.add_argument("--repeats", type=int, default=None, help="default: 9 for the big shape, 61 for the small")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     contenders: dict[str, Loss] = {"ours": ours, "ours chunk=512": ours_chunked, "reference": reference_loss}
     pml = metric_learning_loss()
