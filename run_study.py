@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """supcon-study command line: parses the command, builds validated configs, hands them on. Nothing else.
 
-    python run_study.py                      # the main job on the embedded digits dataset
+    python run_study.py                      # the main job: the quick study on digits, end to end
     python run_study.py train --method supcon --dataset digits --epochs 5
     python run_study.py train --config my_run.yaml --num-workers 2
 
@@ -75,9 +75,35 @@ def build_parser() -> argparse.ArgumentParser:
     collect = commands.add_parser("collect", help="write the results tables of a (partial) study")
     collect.add_argument("--study", type=Path, required=True, help="the study folder")
 
+    robustness = commands.add_parser("robustness", help="evaluate checkpoints on corrupted test data")
+    source = robustness.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", nargs="+", type=Path, help="model.pt files (or run folders holding one)")
+    source.add_argument("--study", type=Path, help="a study folder: every completed trial's checkpoint")
+    robustness.add_argument("--dataset", help="dataset whose test split is corrupted (default: the checkpoint's)")
+    robustness.add_argument("--data-root", default=None, help="dataset root (default: the checkpoint's)")
+    robustness.add_argument("--corrupted", type=Path, default=None,
+                            help="a released CIFAR-10-C/CIFAR-100-C or ImageNet-C folder (default: generate one)")
+    robustness.add_argument("--corruptions", default=None,
+                            help="comma-separated subset of corruptions (default: all 15 benchmark ones)")
+    robustness.add_argument("--output", type=Path, default=None,
+                            help="robustness table path (default: STUDY/robustness.parquet or ./robustness.parquet)")
+    robustness.add_argument("--batch-size", type=int, default=256)
+    robustness.add_argument("--seed", type=int, default=0, help="seed of generated corruptions")
+    robustness.add_argument("--address", default=None, help="an existing Ray cluster (default: a local runtime)")
+
+    report = commands.add_parser("report", help="write report.html and report.md for a study")
+    report.add_argument("--study", type=Path, required=True, help="the study folder")
+    report.add_argument("--diverged", choices=("chance", "apart"), default="chance",
+                        help="count diverged trials as chance accuracy, or show them apart")
+    report.add_argument("--num-classes", type=int, default=None, help="classes, for chance accuracy")
+    report.add_argument("--baseline", default=None,
+                        help="Corruption Error baseline: 'alexnet' or a model id (default: see report)")
+
     main_job = commands.add_parser("quickstart", help="the main job (what no arguments runs)")
+    main_job.add_argument("--space", default="quick")
+    main_job.add_argument("--corruptions", default=None, help=argparse.SUPPRESS)
     _add_ray_flags(main_job)
-    main_job.add_argument("--epochs", type=int, default=None, help=argparse.SUPPRESS)
+    _add_config_flags(main_job)
     return parser
 
 
@@ -138,22 +164,82 @@ def command_collect(args: argparse.Namespace) -> int:
     return 0
 
 
-def command_quickstart(args: argparse.Namespace) -> int:
-    """Train one SupCon and one cross-entropy model on the embedded digits dataset; print both test top-1s."""
-    from study.launch import check_storage, run_training
+def command_robustness(args: argparse.Namespace) -> int:
+    from study.launch import check_address, connect_ray
+    from study.robustness import run_robustness, study_checkpoints
 
-    check_storage(args.storage)
-    results = {}
-    for method in ("supcon", "ce"):
-        values: dict[str, Any] = {"method": method, "dataset": "digits"}
-        if args.epochs is not None:
-            values.update(epochs=args.epochs, linear_epochs=args.epochs)
-        config = Config.from_dict(values)
-        print(f"== training {method} on digits ({config.model} x{config.width}, {config.epochs} epochs)", flush=True)
-        results[method] = run_training(config, storage=args.storage, address=args.address)
-    print("\ntest top-1 on digits:")
-    for method, metrics in results.items():
-        print(f"  {method:7s} {metrics.get('test_top1', float('nan')):6.2f}%   ({metrics.get('run_path')})")
+    corruptions = _corruption_list(args.corruptions)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size}: expected an integer >= 1")
+    if args.corrupted is not None and not args.corrupted.is_dir():
+        raise ConfigError(f"--corrupted {args.corrupted}: no such folder")
+    try:
+        checkpoints = study_checkpoints(args.study) if args.study else [str(path) for path in args.checkpoint]
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if args.checkpoint:
+        missing = [str(path) for path in args.checkpoint if not path.exists()]
+        if missing:
+            raise ConfigError(f"--checkpoint {missing[0]}: no such file")
+    output = args.output or (args.study / "robustness.parquet" if args.study else Path("robustness.parquet"))
+    if args.address:
+        check_address(args.address)
+    connect_ray(args.address)
+    try:
+        table = run_robustness(checkpoints, corrupted=args.corrupted, dataset=args.dataset, data_root=args.data_root,
+                               corruptions=corruptions, output=output, seed=args.seed, batch_size=args.batch_size)
+    except ValueError as error:  # bad dataset/corrupted-set layouts, reported with their paths
+        raise ConfigError(str(error).splitlines()[-1] if str(error) else repr(error)) from None
+    print(f"robustness table: {output} ({len(table)} rows)")
+    return 0
+
+
+def _corruption_list(value: str | None) -> list[str] | None:
+    from study.corruptions import ALL_CORRUPTIONS
+
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ALL_CORRUPTIONS]
+    if unknown or not names:
+        raise ConfigError(f"--corruptions {value!r}: unknown {unknown or 'empty list'}; "
+                          f"allowed: {', '.join(ALL_CORRUPTIONS)}")
+    return names
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from analysis.report import build_report
+    from study.sweep import STUDY_FILE
+
+    if not (args.study / STUDY_FILE).is_file():
+        raise ConfigError(f"--study {args.study}: not a study folder (no {STUDY_FILE})")
+    html_path, markdown_path = build_report(args.study, diverged=args.diverged, num_classes=args.num_classes,
+                                            baseline=args.baseline)
+    print(f"report: {html_path}\n        {markdown_path}")
+    return 0
+
+
+def command_quickstart(args: argparse.Namespace) -> int:
+    """The main job: the `quick` study end to end (sweep, corruption evaluation, report)."""
+    from analysis.report import build_report
+    from search_spaces import load_space
+    from study.robustness import run_robustness, study_checkpoints
+    from study.sweep import STUDY_FILE, SweepOptions, run_sweep, study_directory
+
+    overrides = {item.name: getattr(args, item.name) for item in fields(Config) if hasattr(args, item.name)}
+    corruptions = _corruption_list(args.corruptions)
+    space = load_space(args.space)
+    options = SweepOptions(storage=args.storage, address=args.address)
+    _, study_dir = study_directory(space, overrides, options)
+    resume = (study_dir / STUDY_FILE).is_file()  # a second run finishes (or just re-reports) the first
+    print(f"== 1/3 sweep: space {space.name!r} ({space.description})", flush=True)
+    study_dir = run_sweep(args.space, overrides, SweepOptions(storage=args.storage, address=args.address,
+                                                              resume=resume))
+    print("== 2/3 corruption robustness of every completed trial", flush=True)
+    run_robustness(study_checkpoints(study_dir), corruptions=corruptions, output=study_dir / "robustness.parquet")
+    print("== 3/3 report", flush=True)
+    html_path, markdown_path = build_report(study_dir)
+    print(f"\nreport: {html_path}\n        {markdown_path}")
     return 0
 
 
@@ -161,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv or ["quickstart"])
     handlers = {"train": command_train, "sweep": command_sweep, "collect": command_collect,
-                "quickstart": command_quickstart}
+                "robustness": command_robustness, "report": command_report, "quickstart": command_quickstart}
     try:
         return handlers[args.command](args)
     except ConfigError as error:

@@ -73,7 +73,7 @@ def connect_ray(address: str | None = None, *, dashboard: bool = False, num_cpus
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 node_ip_address="127.0.0.1")
+                 _node_ip_address="127.0.0.1")
 
 
 @dataclass
@@ -208,7 +208,7 @@ def run_training(config: Config, *, storage: str = DEFAULT_STORAGE, name: str | 
 
 
 _FINAL_KEYS = ("status", "val_top1", "val_top5", "test_top1", "test_top5", "diverged_epoch", "epoch", "stage",
-               "resumed_from")
+               "resumed_from", "epochs_run")
 
 
 def _write_json(path: Path, value: Any) -> None:

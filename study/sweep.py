@@ -83,7 +83,7 @@ def max_concurrency(cluster: dict[str, float], per_trial: dict[str, float], requ
 # ----------------------------------------------------------------------------------------- trainable
 def run_trial(tune_config: dict[str, Any]) -> None:
     """The Tune function trainable of enumerated designs: one expanded trial spec."""
-    _train_trial(Config.from_dict(tune_config["spec"]["config"]), tune_config["options"])
+    _train_trial(Config.from_dict(_spec_of(tune_config)["config"]), tune_config["options"])
 
 
 def _train_trial(config: Config, options: dict[str, Any]) -> None:
@@ -201,10 +201,12 @@ def _run_grid(trials: list[TrialSpec], options: SweepOptions, study_dir: Path, r
     """Enumerated designs (grid, one-at-a-time): one Tune trial per expanded trial spec."""
     from ray import tune
 
-    trainable = tune.with_resources(run_trial, resources)
+    trainable = tune.with_resources(_restoring_latest_available(run_trial), resources)
 
-    specs = [{"trial_name": spec.trial_name, "method": spec.method, "varied": spec.varied,
-              "params": spec.hyperparameters, "seed": spec.seed, "config": spec.config.to_dict()} for spec in trials]
+    # Specs travel as JSON strings: Tune prints a trial's config at its start, and one line beats fifty.
+    specs = [json.dumps({"trial_name": spec.trial_name, "method": spec.method, "varied": spec.varied,
+                         "params": spec.hyperparameters, "seed": spec.seed, "config": spec.config.to_dict()})
+             for spec in trials]
     experiment = study_dir / "tune"
     if options.resume and tune.Tuner.can_restore(str(experiment)):
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
@@ -216,7 +218,60 @@ def _run_grid(trials: list[TrialSpec], options: SweepOptions, study_dir: Path, r
                                         trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_name),
             run_config=_tune_run_config(experiment, options),
         )
-    tuner.fit()
+    _raise_if_interrupted(tuner.fit(), expected=len(specs))
+
+
+def _raise_if_interrupted(results, expected: int) -> None:
+    """Tune catches SIGINT (Ctrl-C) itself: it snapshots the experiment and returns from `fit()` as if the
+    sweep were done. Unfinished trials mean it was interrupted: raise, so that the study is not marked
+    finished and the caller says how to resume it."""
+    finished = results.num_terminated + results.num_errors
+    if finished < expected:
+        raise KeyboardInterrupt(f"{expected - finished} of {expected} trials unfinished")
+
+
+def _restoring_latest_available(function):
+    """`function` as a Tune trainable that survives a trial checkpoint deleted behind Tune's back.
+
+    Tune deletes checkpoints beyond `CheckpointConfig(num_to_keep)` at once but snapshots its experiment
+    state only every ~10 s, so a driver killed in between leaves a state that names a deleted checkpoint, and
+    Ray 2.60's `Trainable.restore` then fails the trial on every resume (older Tune fell back to the latest
+    available checkpoint, ray-project/ray#29099; that went with the storage rewrite). Here the newest
+    `checkpoint_*` folder still beside it is restored instead, or, with none left, the trial starts over."""
+    from ray.tune.trainable import wrap_function
+
+    class RestoringLatestAvailable(wrap_function(function)):
+        def restore(self, checkpoint_path):
+            checkpoint = getattr(checkpoint_path, "checkpoint", None)
+            if checkpoint is None or _exists(checkpoint.filesystem, checkpoint.path):
+                return super().restore(checkpoint_path)
+            replacement = _newest_checkpoint_beside(checkpoint)
+            if replacement is None:
+                print(f"checkpoint {checkpoint.path} is gone and no other remains; the trial starts over", flush=True)
+                return None
+            print(f"checkpoint {checkpoint.path} is gone (deleted after Tune's last snapshot); "
+                  f"restoring {replacement.path}", flush=True)
+            return super().restore(type(checkpoint_path)(checkpoint=replacement, metrics=checkpoint_path.metrics))
+
+    return RestoringLatestAvailable
+
+
+def _exists(filesystem, path: str) -> bool:
+    from pyarrow.fs import FileType
+
+    return filesystem.get_file_info(path).type != FileType.NotFound
+
+
+def _newest_checkpoint_beside(checkpoint):
+    """The newest `checkpoint_*` folder next to `checkpoint` on its filesystem (local or remote), or None."""
+    from pyarrow.fs import FileSelector, FileType
+    from ray.tune import Checkpoint
+
+    parent = checkpoint.path.rstrip("/").rpartition("/")[0]
+    entries = checkpoint.filesystem.get_file_info(FileSelector(parent, allow_not_found=True))
+    folders = sorted(entry.path for entry in entries
+                     if entry.type == FileType.Directory and entry.base_name.startswith("checkpoint_"))
+    return Checkpoint(folders[-1], filesystem=checkpoint.filesystem) if folders else None
 
 
 def _tune_run_config(experiment: Path, options: SweepOptions):
@@ -230,8 +285,14 @@ def _tune_run_config(experiment: Path, options: SweepOptions):
     )
 
 
+def _spec_of(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The expanded trial spec of an enumerated-design trial (None for searched trials)."""
+    spec = config.get("spec")
+    return json.loads(spec) if isinstance(spec, str) else spec
+
+
 def _trial_name(trial) -> str:
-    spec = trial.config.get("spec")
+    spec = _spec_of(trial.config)
     return spec["trial_name"] if spec else f"{trial.config.get('method', 'trial')}-{trial.trial_id}"
 
 
@@ -248,10 +309,11 @@ def _run_search(space: StudySpace, method: str, overrides: dict[str, Any], optio
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    trainable = tune.with_resources(_searched_trial, resources)
+    trainable = tune.with_resources(_restoring_latest_available(_searched_trial), resources)
     experiment = study_dir / f"tune-{method}"
     if options.resume and tune.Tuner.can_restore(str(experiment)):
-        tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True).fit()
+        results = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True).fit()
+        _raise_if_interrupted(results, expected=space.num_samples)
         return
     storage_url = options.optuna_storage or f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
     searcher = OptunaSearch(
@@ -277,7 +339,7 @@ def _run_search(space: StudySpace, method: str, overrides: dict[str, Any], optio
                                     max_concurrent_trials=concurrency),
         run_config=_tune_run_config(experiment, options),
     )
-    tuner.fit()
+    _raise_if_interrupted(tuner.fit(), expected=space.num_samples)
 
 
 def _searched_trial(tune_config: dict[str, Any]) -> None:
@@ -310,7 +372,7 @@ def TrialLineCallback():  # noqa: N802 - reads like the class it builds; Ray is 
 
 
 def _trial_line(trial, failed: bool = False) -> str:
-    spec = trial.config.get("spec") or {}
+    spec = _spec_of(trial.config) or {}
     result = trial.last_result or {}
     params = spec.get("params") or {key: value for key, value in trial.config.items() if key != "fixed"}
     described = ", ".join(f"{key}={value}" for key, value in params.items()) or "base"
@@ -351,7 +413,7 @@ def collect(study_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _trial_row(trial, study: str, analysis) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    spec = trial.config.get("spec")
+    spec = _spec_of(trial.config)
     if spec is None:  # a searched trial
         fixed = trial.config["fixed"]
         params = {key: value for key, value in trial.config.items() if key != "fixed"}
@@ -362,6 +424,8 @@ def _trial_row(trial, study: str, analysis) -> tuple[dict[str, Any], list[dict[s
     status = _status(trial, last)
     epochs = frame[frame.get("stage", pd.Series(dtype=str)).isin(["contrastive", "ce", "linear"])] \
         if "stage" in frame else pd.DataFrame()
+    if len(epochs):  # a retried or resumed trial reports again the epochs after its checkpoint: keep the last
+        epochs = epochs.drop_duplicates(subset=["stage", "epoch"], keep="last")
     checkpoint = ""
     if status == "completed" and trial.checkpoint is not None:
         checkpoint = str(Path(trial.checkpoint.path) / "model.pt")
@@ -369,7 +433,8 @@ def _trial_row(trial, study: str, analysis) -> tuple[dict[str, Any], list[dict[s
         checkpoint = str(Path(last["checkpoint_path"]) / "model.pt")
     row = {
         "study": study, "trial_id": spec["trial_name"], "method": spec["method"], "varied": spec["varied"],
-        "_params": spec["params"], "seed": spec["seed"], "status": status, "epochs_run": len(epochs),
+        "_params": spec["params"], "seed": spec["seed"], "status": status,
+        "epochs_run": int(last["epochs_run"]) if status == "completed" and "epochs_run" in last else len(epochs),
         "val_top1": last.get("val_top1", math.nan), "val_top5": last.get("val_top5", math.nan),
         "test_top1": last.get("test_top1", math.nan) if status == "completed" else math.nan,
         "test_top5": last.get("test_top5", math.nan) if status == "completed" else math.nan,

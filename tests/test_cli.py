@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
+import pandas as pd
 import pytest
 
 import run_study
@@ -71,3 +72,27 @@ def test_unanswering_address_fails_within_seconds(tmp_path, capsys):
 def test_malformed_address(tmp_path, capsys):
     code, err = run_cli(capsys, "train", "--storage", str(tmp_path / "runs"), "--address", "nowhere")
     assert code == 2 and "HOST:PORT" in err
+
+
+def test_main_job_runs_end_to_end_on_a_reduced_budget(ray_session, tmp_path, capsys):
+    """`python run_study.py` with no arguments runs quickstart: sweep, corruption evaluation, report."""
+    code = run_study.main(["quickstart", "--storage", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data"),
+                           "--epochs", "1", "--linear-epochs", "1", "--corruptions", "gaussian_noise,contrast"])
+    output = capsys.readouterr().out
+    assert code == 0
+    study = tmp_path / "runs" / "quick-digits"
+    assert f"report: {study / 'report.html'}" in output
+    html = (study / "report.html").read_text()
+    assert "data:image/png;base64," in html and "supcon" in html.lower()
+    results = pd.read_parquet(study / "results.parquet")
+    assert len(results) == 8 and set(results["method"]) == {"supcon", "ce"}
+    robustness = pd.read_parquet(study / "robustness.parquet")
+    assert set(robustness["corruption"]) == {"clean", "gaussian_noise", "contrast"}
+    assert set(robustness["model"]) == set(results.loc[results["status"] == "completed", "trial_id"])
+
+
+def test_no_arguments_means_the_main_job(monkeypatch):
+    called = {}
+    monkeypatch.setattr(run_study, "command_quickstart", lambda args: called.setdefault("args", args) and 0)
+    assert run_study.main([]) == 0
+    assert called["args"].command == "quickstart" and called["args"].space == "quick"
