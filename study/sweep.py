@@ -124,7 +124,8 @@ def prepare_trials(space: StudySpace, overrides: dict[str, Any], options: SweepO
 
 
 def study_directory(space: StudySpace, overrides: dict[str, Any], options: SweepOptions) -> tuple[str, Path]:
-    name = options.name or f"{space.name}-{_dataset_slug(overrides.get('dataset', 'digits'))}"
+    dataset = space.base_config(space.methods[0], overrides=overrides).dataset
+    name = options.name or f"{space.name}-{_dataset_slug(dataset)}"
     return name, Path(storage_uri(options.storage)) / name
 
 
@@ -148,10 +149,10 @@ def run_sweep(space_name: str, overrides: dict[str, Any] | None = None,
     if space.design == "search":
         base = space.config_for(space.methods[0], {}, space.seeds[0], {**overrides, "num_workers": 1})
         trials: list[TrialSpec] = []
-        loader_workers = base.loader_workers
     else:
         trials = prepare_trials(space, overrides, options)
-        loader_workers = trials[0].config.loader_workers
+        base = trials[0].config
+    loader_workers = base.loader_workers
 
     check_storage(options.storage)
     connect_ray(options.address)
@@ -162,8 +163,10 @@ def run_sweep(space_name: str, overrides: dict[str, Any] | None = None,
                           "lower --workers-per-trial / --gpus-per-worker")
     started = time.time()
     study_info = _read_json(study_dir / STUDY_FILE) if options.resume else {
-        "space": space.name, "space_file": str(space.path), "design": space.design,
-        "dataset": overrides.get("dataset", "digits"), "seeds": list(space.seeds), "metric": space.metric,
+        "space": space.name, "space_file": str(space.path), "design": space.design, "dataset": base.dataset,
+        "model": base.model, "width": base.width, "image_size": base.image_size, "epochs": base.epochs,
+        "linear_epochs": base.linear_epochs, "num_trials": len(trials) or space.num_samples * len(space.methods),
+        "seeds": list(space.seeds), "metric": space.metric,
         "overrides": overrides, "options": options.__dict__, "started": _now(), "hardware": _hardware(),
     }
     study_dir.mkdir(parents=True, exist_ok=True)
