@@ -112,7 +112,7 @@ SEARCH_ONLY_KEYS = ("distributions", "num_samples", "sampler", "sampler_args", "
 # Fields only the contrastive stage reads (ce has no projection head and one view).
 CONTRASTIVE_ONLY = frozenset(
     {"temperature", "loss_variant", "contrast_mode", "max_positives", "n_views", "scale_by_temperature",
-     "projection_dim"}
+     "projection_dim", "loss_chunk_size"}
 )  # fmt: skip
 # Fields of the linear stage: supcon and simclr always, ce only with ce_two_stage.
 LINEAR_STAGE = frozenset(

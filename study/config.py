@@ -68,6 +68,7 @@ class Config:
     # calls for learning rates 10x larger; off by default to match the PyTorch CIFAR recipe's rates.
     scale_by_temperature: bool = False
     max_positives: int | None = None
+    loss_chunk_size: int | None = None  # rows per block for very large global batches (bounded memory)
     optimizer: str = "sgd"
     lr: float = 0.5  # per 256 images, scaled linearly with the global batch size
     momentum: float = 0.9
@@ -200,6 +201,8 @@ class Config:
             fail("n_views", "an integer >= 2 for contrastive methods")
         if self.n_views < 1:
             fail("n_views", "an integer >= 1")
+        if self.loss_chunk_size is not None and self.loss_chunk_size < 1:
+            fail("loss_chunk_size", "an integer >= 1, or null for the full matrix")
         if self.max_positives is not None and self.max_positives < 1:
             fail("max_positives", "an integer >= 1, or null for no cap")
         if self.image_size is not None and self.image_size < 8:
