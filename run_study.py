@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""supcon-study command line: parses the command, builds validated configs, hands them on. Nothing else.
+"""supcon-study: is SupCon better and more stable than cross-entropy on your data? Train, sweep, evaluate
+corruption robustness, report.
 
     python run_study.py                      # the main job: the quick study on digits, end to end
     python run_study.py train --method supcon --dataset digits --epochs 5
     python run_study.py train --config my_run.yaml --num-workers 2
 
 Every config field is a flag (`--linear-lr`, `--temperature`, ...). Invalid input exits with code 2 and a
-one-line message before Ray starts or anything is written.
+one-line message before Ray starts or anything is written. This module only parses commands and builds
+validated configs; the work happens in study/ and analysis/.
 """
 
 from __future__ import annotations
