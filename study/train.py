@@ -258,15 +258,40 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def load_resume_state(context: RunContext) -> dict[str, Any] | None:
-    """The state of the latest checkpoint, or None. A corrupt latest checkpoint is reported, not fatal."""
-    folder = context.latest_checkpoint()
-    if folder is None:
+    """The training state to resume from, or None for a fresh run.
+
+    The candidates are the checkpoint the launcher hands over and, when it is a local `checkpoint_*` folder,
+    the other `checkpoint_*` folders beside it, newest first. A newer one exists when the launcher's record
+    lags behind what was written (Tune snapshots its experiment state every ~10 s, so a driver killed in
+    between forgets the last checkpoints); an older one is the fallback when the latest is truncated or
+    corrupt (launchers keep two). The first readable state wins. Any other choice than the handed-over
+    checkpoint, and a fresh start, is printed: a damaged checkpoint never stops a run, nor loops it."""
+    handed = context.latest_checkpoint()
+    if handed is None:
         return None
-    try:
-        return safe_load(Path(folder) / STATE_FILE)
-    except CheckpointError as error:
-        print(f"warning: cannot resume from {folder}: {error}; starting this run from scratch", flush=True)
-        return None
+    handed = Path(handed)
+    for candidate in _checkpoints_beside(handed):
+        try:
+            state = safe_load(candidate / STATE_FILE)
+        except CheckpointError as error:
+            print(f"warning: {error}; trying the checkpoint before it", flush=True)
+            continue
+        if candidate != handed:
+            which = "newer" if candidate.name > handed.name else "older"
+            print(f"resuming from the {which} checkpoint {candidate} (handed {handed})", flush=True)
+        return state
+    print(f"warning: no readable checkpoint in {handed.parent}; starting this run from scratch", flush=True)
+    return None
+
+
+def _checkpoints_beside(folder: Path) -> list[Path]:
+    """`folder` and its local `checkpoint_*` siblings, newest first (names sort by creation: Ray Train and Tune
+    name them by timestamp or zero-padded index, LocalContext by index). A downloaded copy of a remote
+    checkpoint has no siblings to consult."""
+    if not folder.name.startswith("checkpoint_") or not folder.parent.is_dir():
+        return [folder]
+    found = {path for path in folder.parent.glob("checkpoint_*") if path.is_dir()} | {folder}
+    return sorted(found, key=lambda path: path.name, reverse=True)
 
 
 # ---------------------------------------------------------------------------------------------- the run

@@ -1,0 +1,117 @@
+"""Shared pieces of the fault-injection tests: tiny configs and spaces, real subprocesses, and the process table.
+
+The process table is read from /proc (no psutil): which processes descend from a driver we started, what
+they are called (Ray renames its workers `ray::<Actor>`), and whether they are still alive. Tests only ever
+signal processes they started or that descend from one they started, by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = {"dataset": "digits", "model": "resnet18", "width": 0.0625, "batch_size": 64, "linear_batch_size": 64,
+        "augmentation": "crop_flip", "epochs": 1, "linear_epochs": 1}
+# Hang guards, not speed assertions: far above what the steps take even on a loaded 2-core machine.
+PATIENCE_SECONDS = 240.0
+
+T = TypeVar("T")
+
+
+def write_space(folder: Path, name: str, body: str, epochs: int = 3) -> Path:
+    """A tiny cross-entropy space file on digits; `body` adds design, methods and vary."""
+    base = {**TINY, "epochs": epochs, "lr": 0.5}
+    lines = [f"name: {name}", "base:"] + [f"  {key}: {value}" for key, value in base.items()]
+    path = folder / f"{name}.yaml"
+    path.write_text("\n".join(lines) + "\n" + body)
+    return path
+
+
+def start(argv: list[str], log: Path, *, cwd: Path = REPO, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `python argv...` in its own session (so a signal to its group reaches what it starts, as a terminal's
+    Ctrl-C does), with stdout and stderr in `log`."""
+    return subprocess.Popen([sys.executable, *argv], cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", **(env or {})},
+                            start_new_session=True)
+
+
+def wait_for(condition: Callable[[], T], what: str, *, process: subprocess.Popen | None = None,
+             log: Path | None = None, timeout: float = PATIENCE_SECONDS) -> T:
+    """Poll `condition` until it returns something truthy; fail if `process` exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"process exited ({process.returncode}) before {what}:\n{tail(log)}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}:\n{tail(log)}")
+
+
+def tail(log: Path | None, lines: int = 40) -> str:
+    if log is None or not log.is_file():
+        return ""
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+# ------------------------------------------------------------------------------------------- process table
+def _table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state letter) for every process."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        table[int(entry)] = (int(fields[1]), fields[0])
+    return table
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` in the process tree, now."""
+    table = _table()
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, (ppid, _) in table.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    state = _table().get(pid)
+    return state is not None and state[1] != "Z"
+
+
+def named(pids: list[int], prefix: str) -> list[int]:
+    """The live processes among `pids` whose command line starts with `prefix` (e.g. 'ray::RayTrainWorker')."""
+    return [pid for pid in pids if alive(pid) and command_line(pid).startswith(prefix)]
+
+
+def reap(pids: list[int]) -> list[int]:
+    """SIGKILL whichever of `pids` (processes a test started) outlived their parent; returns those pids."""
+    survivors = [pid for pid in pids if alive(pid)]
+    for pid in survivors:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return survivors
