@@ -361,8 +361,13 @@ def train(config: Config, context: RunContext, *, on_step: Callable[[int], None]
 
     test_set = TransformedDataset(splits.test, eval_transform)
     networks.classifier.to(context.device)
+    if "val_top1" not in final:  # resumed after training finished: the selection metric is measured again
+        final["val_top1"], final["val_top5"] = classifier_accuracy(networks.classifier, val_set, config, context)
     test_top1, test_top5 = classifier_accuracy(networks.classifier, test_set, config, context)
-    final.update(test_top1=test_top1, test_top5=test_top5)
+    # Counted here, not from the reported history: a Tune driver killed between its experiment snapshots
+    # loses the log lines of the epochs after the last snapshot, never the training they record.
+    final.update(test_top1=test_top1, test_top5=test_top5,
+                 epochs_run=sum(config.linear_epochs if stage == "linear" else config.epochs for stage in stages))
     metrics = {**final, "stage": "final", "epoch": 0, "done": True}
     with tempfile.TemporaryDirectory() as folder:
         checkpoint_dir = None
