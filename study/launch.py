@@ -10,7 +10,6 @@ import json
 import os
 import socket
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -44,19 +43,42 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> Non
 
 
 def check_storage(storage: str) -> None:
-    """Refuse a storage path that is a file or cannot be written, before any compute starts."""
+    """Refuse a storage path that is a file or cannot be written (read-only, no permission, disk full), before
+    any compute starts. Leaves no trace: the probe file is written in a temporary folder inside the nearest
+    existing folder on the path (where the run would create its own) and removed, so a command that fails a
+    later check has written nothing."""
     if "://" in storage:
         return
-    path = Path(storage).expanduser()
+    path = Path(storage).expanduser().absolute()
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--storage {storage!r} is a file; expected a folder (created if missing) or a URI")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--storage {storage!r}: {existing} is a file, so the folder cannot be created")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-probe-{uuid.uuid4().hex}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        with tempfile.TemporaryDirectory(prefix=".write-probe-", dir=existing) as probe:
+            Path(probe, "probe").write_bytes(b"ok")
     except OSError as error:
         raise ConfigError(f"--storage {storage!r} is not writable ({error.strerror or error})") from None
+
+
+def check_dataset(config: Config) -> None:
+    """Fail before Ray starts, naming the path, when a run's dataset is missing or laid out wrongly.
+
+    Builds the dataset's index here (file lists and splits; images are decoded later). Call it only for a
+    local runtime: on a cluster the data may live on the workers alone. Datasets the workers download are
+    not checked."""
+    if config.download:
+        return
+    from study.data import load_dataset
+
+    try:
+        load_dataset(config.dataset, root=config.data_root, download=False, image_size=config.image_size,
+                     val_fraction=config.val_fraction, seed=0)
+    except ValueError as error:
+        raise ConfigError(f"dataset: {error}") from None
 
 
 def connect_ray(address: str | None = None, *, dashboard: bool = False, num_cpus: int | None = None) -> None:
@@ -192,6 +214,8 @@ def run_training(config: Config, *, storage: str = DEFAULT_STORAGE, name: str | 
                  address: str | None = None, max_failures: int = 2,
                  fail_after_epochs: int | None = None) -> dict[str, Any]:
     """Train one run under Ray Train and write `metrics.json` beside its checkpoints. Returns the metrics."""
+    if not address or address == "local":
+        check_dataset(config)  # the workers would fail on it after Ray started; on a cluster they may see other files
     connect_ray(address)
     name = name or default_run_name(config)
     result = build_trainer(config, storage=storage, name=name, max_failures=max_failures,

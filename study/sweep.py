@@ -28,7 +28,8 @@ import torch
 
 from search_spaces import StudySpace, TrialSpec, load_space
 from study.config import Config, ConfigError
-from study.launch import RayContext, build_trainer, check_storage, connect_ray, storage_uri
+from study.launch import (RayContext, build_trainer, check_address, check_dataset, check_storage, connect_ray,
+                          storage_uri)
 from study.train import train
 
 RESULT_COLUMNS = ["study", "trial_id", "method", "varied"]
@@ -154,6 +155,14 @@ def run_sweep(space_name: str, overrides: dict[str, Any] | None = None,
         base = trials[0].config
     loader_workers = base.loader_workers
 
+    # Every check that can fail runs before the first write: a bad address, dataset or storage leaves nothing.
+    if options.address:
+        check_address(options.address)
+    if not options.address or options.address == "local":  # on a cluster the data may live on the workers alone
+        datasets = {(c.dataset, c.data_root, c.image_size, c.val_fraction, c.download): c
+                    for c in [spec.config for spec in trials] or [base]}
+        for config in datasets.values():
+            check_dataset(config)
     check_storage(options.storage)
     connect_ray(options.address)
     per_trial = trial_resources(options, loader_workers)
