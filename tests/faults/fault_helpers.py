@@ -7,6 +7,7 @@ signal processes they started or that descend from one they started, by pid.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -24,9 +25,9 @@ PATIENCE_SECONDS = 240.0
 T = TypeVar("T")
 
 
-def write_space(folder: Path, name: str, body: str, epochs: int = 3) -> Path:
-    """A tiny cross-entropy space file on digits; `body` adds design, methods and vary."""
-    base = {**TINY, "epochs": epochs, "lr": 0.5}
+def write_space(folder: Path, name: str, body: str, epochs: int = 3, **base_changes: object) -> Path:
+    """A tiny space file on digits; `body` adds design, methods and vary."""
+    base = {**TINY, "epochs": epochs, "lr": 0.5, **base_changes}
     lines = [f"name: {name}", "base:"] + [f"  {key}: {value}" for key, value in base.items()]
     path = folder / f"{name}.yaml"
     path.write_text("\n".join(lines) + "\n" + body)
@@ -53,6 +54,19 @@ def wait_for(condition: Callable[[], T], what: str, *, process: subprocess.Popen
             raise AssertionError(f"process exited ({process.returncode}) before {what}:\n{tail(log)}")
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}:\n{tail(log)}")
+
+
+def recorded_statuses(experiment: Path) -> list[str]:
+    """Trial statuses in Tune's newest experiment-state snapshot on storage (what a restore reads)."""
+    snapshots = sorted(experiment.glob("experiment_state-*.json"))
+    if not snapshots:
+        return []
+    try:
+        state = json.loads(snapshots[-1].read_text())
+    except (OSError, ValueError):  # caught in the middle of a rewrite
+        return []
+    return [json.loads(trial)["status"] if isinstance(trial, str) else trial["status"]
+            for trial, _ in state.get("trial_data", [])]
 
 
 def tail(log: Path | None, lines: int = 40) -> str:
