@@ -84,7 +84,8 @@ def check_dataset(config: Config) -> None:
 def connect_ray(address: str | None = None, *, dashboard: bool = False, num_cpus: int | None = None) -> None:
     """Connect to the Ray cluster at `address`, or start a local runtime bound to localhost.
 
-    A local runtime starts without the dashboard unless `dashboard` is true (Ray binds it to 127.0.0.1)."""
+    A local runtime listens on 127.0.0.1 only and starts without the dashboard unless `dashboard` is true
+    (then bound to 127.0.0.1 too)."""
     import ray
 
     if ray.is_initialized():
@@ -94,8 +95,22 @@ def connect_ray(address: str | None = None, *, dashboard: bool = False, num_cpus
         check_address(address)
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 _node_ip_address="127.0.0.1")
+        _loopback_only()
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1")
+
+
+def _loopback_only() -> None:
+    """Make the local runtime listen on 127.0.0.1 alone.
+
+    On Linux Ray takes the machine's routable address as the node address, even when given 127.0.0.1
+    (`resolve_ip_for_localhost`), and its GCS, raylet and workers then listen on every interface. Ray uses
+    the loopback address instead when clusters are disabled, which RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 does
+    despite its name: for the processes Ray starts (they inherit the variable) and, through the constant
+    Ray read at import, for this one."""
+    from ray._private import ray_constants
+
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 @dataclass
