@@ -7,7 +7,9 @@ Images: the digits test split rendered at 32 px (CIFAR's size), the first N. Eve
 severities, so a corruption's images/s counts 5 x N corrupted images.
 
 - one process: `study.corruptions.corrupt` over the 5 severities in this process, after a warm-up that
-  pays the one-time per-process costs (numba compiling glass_blur, frost textures), reported apart;
+  pays the one-time per-process costs (numba compiling glass_blur, frost textures), reported apart; once
+  as a user runs it (OpenCV, used by the blurs and resizes, spreads over every core by default; it does in
+  Ray workers too: OMP_NUM_THREADS does not bind it) and once with OpenCV at 1 thread (one core's worth);
 - Ray: `study.robustness.generate_corrupted_set` (tasks of 1 CPU on a local runtime with every core), which
   also writes the .npy files (fsync'd). First all 19 corruptions in one call on fresh workers (the real
   end-to-end number, warm-up included), then one call per corruption (workers warm) for the per-corruption
@@ -25,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from benchmarks.common import print_header, print_table, quiet, start_ray, stop_ray
@@ -42,15 +45,22 @@ def digits_test_images(count: int) -> tuple[np.ndarray, np.ndarray]:
     return images[:count], labels[:count]
 
 
-def one_process(images: np.ndarray) -> dict[str, float]:
-    """Seconds per corruption for all severities, in this process."""
-    seconds = {}
-    for name in ALL_CORRUPTIONS:
-        started = time.perf_counter()
-        for severity in SEVERITIES:
-            corrupt(images, name, severity, seed=0)
-        seconds[name] = time.perf_counter() - started
-    return seconds
+def one_process(images: np.ndarray, cv2_threads: int | None = None) -> dict[str, float]:
+    """Seconds per corruption for all severities, in this process; OpenCV (blurs, resizes) at its default
+    thread count, or at `cv2_threads` (numpy/scipy run single-threaded here either way)."""
+    default = cv2.getNumThreads()
+    if cv2_threads is not None:
+        cv2.setNumThreads(cv2_threads)
+    try:
+        seconds = {}
+        for name in ALL_CORRUPTIONS:
+            started = time.perf_counter()
+            for severity in SEVERITIES:
+                corrupt(images, name, severity, seed=0)
+            seconds[name] = time.perf_counter() - started
+        return seconds
+    finally:
+        cv2.setNumThreads(default)
 
 
 def generate(images: np.ndarray, labels: np.ndarray, folder: Path, corruptions: list[str] | None = None) -> float:
@@ -89,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         corrupt(images[:1], name, 1)
     warm_up = time.perf_counter() - started
     serial = one_process(images)
+    single = one_process(images, cv2_threads=1)
 
     with tempfile.TemporaryDirectory(prefix="bench-corruptions-") as temporary:
         folder = Path(temporary)
@@ -102,18 +113,21 @@ def main(argv: list[str] | None = None) -> int:
             stop_ray()
         read = read_back(folder / "all")
 
-    rows = [{"name": name, "serial": n / serial[name], "ray": n / parallel[name],
+    rows = [{"name": name, "serial": n / serial[name], "single": n / single[name], "ray": n / parallel[name],
              "speed_up": serial[name] / parallel[name]} for name in ALL_CORRUPTIONS]
-    serial_total, parallel_total = sum(serial.values()), sum(parallel.values())
+    serial_total, single_total, parallel_total = sum(serial.values()), sum(single.values()), sum(parallel.values())
     everything = n * len(ALL_CORRUPTIONS)
     rows.append({"name": "all 19, one call each", "serial": everything / serial_total,
-                 "ray": everything / parallel_total, "speed_up": serial_total / parallel_total})
+                 "single": everything / single_total, "ray": everything / parallel_total,
+                 "speed_up": serial_total / parallel_total})
     rows.append({"name": "all 19 in one call (cold workers)", "serial": everything / serial_total,
-                 "ray": everything / all_at_once, "speed_up": serial_total / all_at_once})
+                 "single": everything / single_total, "ray": everything / all_at_once,
+                 "speed_up": serial_total / all_at_once})
     print(f"\nRay runtime start: {ray_start:.1f} s (not included below); one-process warm-up (numba, frost "
           f"textures), once per process: {warm_up:.1f} s (not included in the one-process column)\n")
     print_table(rows, [("name", "corruption", ""), ("serial", "one process img/s", ".0f"),
-                       ("ray", f"Ray, {cores} CPUs img/s", ".0f"), ("speed_up", "speed-up", ".2f")])
+                       ("single", "one process, OpenCV 1 thread", ".0f"),
+                       ("ray", f"Ray, {cores} CPUs img/s", ".0f"), ("speed_up", "Ray / one process", ".2f")])
     print(f"(ideal speed-up: {cores}; one call per corruption has only 5 tasks at this size, one per severity)\n")
     print_table([
         {"what": "regenerate all 19 x 5 (Ray, one call)", "seconds": all_at_once, "ratio": 1.0},
