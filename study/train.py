@@ -450,7 +450,7 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
             return supcon_loss(features.float(), labels if config.method == "supcon" else None,
                                temperature=config.temperature, variant=config.loss_variant,
                                contrast_mode=config.contrast_mode, scale_by_temperature=config.scale_by_temperature,
-                               max_positives=config.max_positives)
+                               max_positives=config.max_positives, chunk_size=config.loss_chunk_size)
         if linear:
             with torch.no_grad(), _autocast(config, context.device):
                 features = networks.encoder(images)
