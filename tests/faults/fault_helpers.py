@@ -57,8 +57,9 @@ def wait_for(condition: Callable[[], T], what: str, *, process: subprocess.Popen
     raise AssertionError(f"timed out waiting for {what}:\n{tail(log)}")
 
 
-def recorded_statuses(experiment: Path) -> list[str]:
-    """Trial statuses in Tune's newest experiment-state snapshot on storage (what a restore reads)."""
+def recorded_trials(experiment: Path) -> list[dict[str, str | None]]:
+    """Trials in Tune's newest experiment-state snapshot on storage (what a restore reads): their id, status,
+    and the checkpoint folder of their last recorded result (None when it carried none)."""
     snapshots = sorted(experiment.glob("experiment_state-*.json"))
     if not snapshots:
         return []
@@ -66,8 +67,14 @@ def recorded_statuses(experiment: Path) -> list[str]:
         state = json.loads(snapshots[-1].read_text())
     except (OSError, ValueError):  # caught in the middle of a rewrite
         return []
-    return [json.loads(trial)["status"] if isinstance(trial, str) else trial["status"]
-            for trial, _ in state.get("trial_data", [])]
+    trials = []
+    for trial, metadata in state.get("trial_data", []):
+        trial = json.loads(trial) if isinstance(trial, str) else trial
+        metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
+        last = metadata.get("last_result") or {}
+        trials.append({"trial_id": trial["trial_id"], "status": trial["status"],
+                       "checkpoint": last.get("checkpoint_dir_name")})
+    return trials
 
 
 def tail(log: Path | None, lines: int = 40) -> str:

@@ -14,7 +14,7 @@ import signal
 import time
 
 import pandas as pd
-from fault_helpers import PATIENCE_SECONDS, alive, descendants, reap, recorded_statuses, start, tail, wait_for, write_space
+from fault_helpers import PATIENCE_SECONDS, alive, descendants, reap, recorded_trials, start, tail, wait_for, write_space
 
 import run_study
 from study.checkpoint import MODEL_FILE, STATE_FILE
@@ -32,12 +32,17 @@ def test_sigkilled_sweep_driver_resumes_without_rerunning_finished_trials(ray_se
     family: list[int] = []
     try:
         def trial_in_flight():
-            """A trial between its second checkpoint and its end, once Tune has recorded another as finished."""
-            if "TERMINATED" not in recorded_statuses(study / "tune"):
+            """A trial Tune has recorded as running from a checkpoint, before its end, once it has recorded
+            another as finished (Tune forces a snapshot every second checkpoint of a trial)."""
+            recorded = recorded_trials(study / "tune")
+            if not any(trial["status"] == "TERMINATED" for trial in recorded):
                 return None
-            for trial in (study / "tune").glob("ce-*"):
-                if (trial / "checkpoint_000001" / STATE_FILE).is_file() and not list(trial.glob(f"*/{MODEL_FILE}")):
-                    return trial
+            for trial in recorded:
+                if trial["status"] != "RUNNING" or not trial["checkpoint"]:
+                    continue
+                for folder in (study / "tune").glob(f"*-{trial['trial_id']}"):
+                    if not list(folder.glob(f"*/{MODEL_FILE}")):
+                        return folder
             return None
 
         in_flight = wait_for(trial_in_flight, "a trial mid-training after another finished", process=driver, log=log)
@@ -70,8 +75,8 @@ def test_sigkilled_sweep_driver_resumes_without_rerunning_finished_trials(ray_se
     assert all(open(path, "rb").read() == data for path, data in checkpoint_bytes.items())  # ... nor checkpoints
     assert set(after["epochs_run"]) == {3}
 
-    # The trial killed mid-training resumed from a checkpoint (the one before the truncated newest), not
-    # from scratch, and its history holds each epoch once.
+    # The trial killed mid-training resumed from a checkpoint (the newest readable, before the truncated one),
+    # not from scratch, and its history holds each epoch once.
     resumed_id = in_flight.name.rsplit("-", 1)[0]
     final_result = json.loads((in_flight / "result.json").read_text().splitlines()[-1])
     assert final_result["stage"] == "final" and final_result["resumed_from"].startswith("ce:")
