@@ -19,7 +19,7 @@ import sys
 import typing
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from study.config import Config, ConfigError
 

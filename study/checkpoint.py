@@ -9,11 +9,12 @@ never a truncated one under the final name.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from study.files import atomic_write
 
 STATE_FILE = "state.pt"  # everything needed to resume training
 MODEL_FILE = "model.pt"  # the final classifier, for evaluation
@@ -25,19 +26,7 @@ class CheckpointError(RuntimeError):
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """`torch.save` to `path` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda file: torch.save(obj, file))
 
 
 def safe_load(path: str | os.PathLike) -> dict[str, Any]:

@@ -6,7 +6,6 @@ serves Ray Train workers (here) and single-worker Ray Tune trials (`study.sweep`
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import tempfile
@@ -19,6 +18,7 @@ from torch import nn
 
 from study.checkpoint import MODEL_FILE
 from study.config import Config, ConfigError
+from study.files import write_json
 from study.train import format_progress, train
 
 DEFAULT_STORAGE = "./runs"
@@ -242,15 +242,9 @@ def run_training(config: Config, *, storage: str = DEFAULT_STORAGE, name: str | 
     if result.checkpoint is not None:
         metrics["checkpoint"] = f"{result.checkpoint.path}/{MODEL_FILE}"
     if "://" not in storage:
-        _write_json(Path(result.path) / "metrics.json", metrics)
+        write_json(Path(result.path) / "metrics.json", metrics)
     return metrics
 
 
 _FINAL_KEYS = ("status", "val_top1", "val_top5", "test_top1", "test_top5", "diverged_epoch", "epoch", "stage",
                "resumed_from", "epochs_run")
-
-
-def _write_json(path: Path, value: Any) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=2, sort_keys=True, default=str))
-    os.replace(temporary, path)

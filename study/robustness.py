@@ -29,18 +29,18 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import ray
 import torch
 
+from study.files import TEMPORARY_SUFFIX, atomic_write, fsync_folder, write_table
 from study.corruptions import ALL_CORRUPTIONS, CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES, check_images, corrupt
 
 __all__ = [
@@ -70,7 +70,7 @@ IMAGENET_C_SIZE = 224  # ImageNet-C images are stored at the size models see
 _IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 _CHUNK_BYTES = 64 * 2**20  # generation: at most this much image data per task
 _CHUNK_IMAGES = 2048  # ... and at most this many images (about 1-3 s of work at 32 px)
-_TEMP_SUFFIX = ".tmp"
+_TEMP_SUFFIX = TEMPORARY_SUFFIX
 
 Images = Any  # np.ndarray uint8 [N, H, W, 3], a memmap of one, or an ImageFileArray
 CorruptedSet = dict[tuple[str, int], tuple[Images, np.ndarray]]
@@ -92,7 +92,6 @@ def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray, n_b
         raise ValueError(f"confidences range over [{confidences.min()}, {confidences.max()}]; allowed: [0, 1]")
     # Bin b holds (b / n_bins, (b + 1) / n_bins]; a confidence of exactly 0 joins the first bin.
     bins = np.clip(np.ceil(confidences * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    counts = np.bincount(bins, minlength=n_bins)
     confidence_sums = np.bincount(bins, weights=confidences, minlength=n_bins)
     correct_sums = np.bincount(bins, weights=correct.astype(np.float64), minlength=n_bins)
     return float(np.abs(correct_sums - confidence_sums).sum() / confidences.size)
@@ -444,11 +443,11 @@ def _adopt_folder(out_dir: Path, images: np.ndarray, labels: np.ndarray, seed: i
     elif any(out_dir.glob("*.npy")):
         raise ValueError(f"{out_dir} holds .npy files but no {GENERATION_FILE}; refusing to mix sets, choose another folder")
     else:
-        _atomic_write(record_path, lambda file: file.write(json.dumps(record, indent=2).encode()))
+        atomic_write(record_path, lambda file: file.write(json.dumps(record, indent=2).encode()))
     tiled = np.tile(labels.astype(np.int64), len(SEVERITIES))
     for path, array in ((out_dir / LABELS_FILE, tiled), (out_dir / CLEAN_FILE, np.ascontiguousarray(images))):
         if not (path.is_file() and _same_array(path, array)):
-            _atomic_write(path, lambda file, array=array: np.save(file, array, allow_pickle=False))
+            atomic_write(path, lambda file, array=array: np.save(file, array, allow_pickle=False))
 
 
 def _same_array(path: Path, array: np.ndarray) -> bool:
@@ -539,7 +538,7 @@ class _NpyWriter:
         with open(self.temporary, "rb+") as file:
             os.fsync(file.fileno())
         os.replace(self.temporary, self.path)
-        _fsync_folder(self.path.parent)
+        fsync_folder(self.path.parent)
 
     def abort(self) -> None:
         self.__dict__.pop("array", None)
@@ -802,37 +801,7 @@ def write_robustness_table(table: pd.DataFrame, output: str | os.PathLike) -> Pa
     output = Path(output)
     parquet = output if output.suffix == ".parquet" else output / ROBUSTNESS_FILE
     parquet.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(parquet, lambda file: table.to_parquet(file, index=False))
-    _atomic_write(parquet.with_suffix(".csv"), lambda file: file.write(table.to_csv(index=False).encode()))
-    return parquet
-
-
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    """Write `path` through a temporary file in the same folder: fsync, rename, fsync the folder."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory
-    finally:
-        os.close(descriptor)
+    return write_table(table, parquet)
 
 
 def _ensure_ray() -> None:

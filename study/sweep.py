@@ -16,7 +16,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,6 +27,7 @@ import torch
 
 from search_spaces import StudySpace, TrialSpec, load_space
 from study.config import Config, ConfigError
+from study.files import write_json, write_table
 from study.launch import (RayContext, build_trainer, check_address, check_dataset, check_storage, connect_ray,
                           storage_uri)
 from study.train import train
@@ -138,7 +138,6 @@ def run_sweep(space_name: str, overrides: dict[str, Any] | None = None,
               options: SweepOptions = SweepOptions()) -> Path:
     """Run (or resume) a study and write its tables. Returns the study folder."""
     import ray
-    from ray import tune
 
     overrides = dict(overrides or {})
     space = load_space(space_name)
@@ -179,7 +178,7 @@ def run_sweep(space_name: str, overrides: dict[str, Any] | None = None,
         "overrides": overrides, "options": options.__dict__, "started": _now(), "hardware": _hardware(),
     }
     study_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(study_dir / STUDY_FILE, study_info)
+    write_json(study_dir / STUDY_FILE, study_info)
     print(f"study {name}: design {space.design}, {len(trials) or space.num_samples} trials per sweep, "
           f"{concurrency} at a time ({per_trial} each); folder {study_dir}", flush=True)
 
@@ -201,7 +200,7 @@ def run_sweep(space_name: str, overrides: dict[str, Any] | None = None,
         raise
     wall = time.time() - started
     study_info.update(finished=_now(), wall_seconds=study_info.get("wall_seconds", 0) + wall)
-    _write_json(study_dir / STUDY_FILE, study_info)
+    write_json(study_dir / STUDY_FILE, study_info)
     results, _ = collect(study_dir)
     print(f"\nresults: {study_dir / 'results.parquet'} ({len(results)} trials: "
           f"{results['status'].value_counts().to_dict()})", flush=True)
@@ -419,8 +418,8 @@ def collect(study_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
         results = results.drop(columns="_params")
     results = results.reindex(columns=RESULT_COLUMNS + varied + FINAL_COLUMNS)
     history_table = pd.DataFrame(history, columns=HISTORY_COLUMNS)
-    _write_table(results, study_dir / "results.parquet", csv=True)
-    _write_table(history_table, study_dir / "history.parquet")
+    write_table(results, study_dir / "results.parquet")
+    write_table(history_table, study_dir / "history.parquet", csv=False)
     return results, history_table
 
 
@@ -482,24 +481,6 @@ def _error_message(trial) -> str:
 
 
 # ----------------------------------------------------------------------------------------- files
-def _write_table(table: pd.DataFrame, path: Path, csv: bool = False) -> None:
-    """Parquet (and CSV) written atomically: readers never see a half-written table."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    table.to_parquet(temporary, index=False)
-    os.replace(temporary, path)
-    if csv:
-        csv_path = path.with_suffix(".csv")
-        temporary = csv_path.with_name(f".{csv_path.name}.tmp")
-        table.to_csv(temporary, index=False)
-        os.replace(temporary, csv_path)
-
-
-def _write_json(path: Path, value: Any) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=2, sort_keys=True, default=str))
-    os.replace(temporary, path)
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from study.config import ConfigError
-from study.sweep import SweepOptions, collect, max_concurrency, run_sweep, trial_resources
+from study.sweep import SweepOptions, max_concurrency, run_sweep, trial_resources
 
 TINY_BASE = """
 base:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from study.checkpoint import MODEL_FILE, load_classifier, safe_load
+from study.checkpoint import load_classifier, safe_load
 from study.config import Config
 from study.train import LocalContext, stages_of, train
 
