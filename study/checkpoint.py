@@ -20,8 +20,9 @@ STATE_FILE = "state.pt"  # everything needed to resume training
 MODEL_FILE = "model.pt"  # the final classifier, for evaluation
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, truncated or not one of ours."""
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated or not one of ours. A ValueError: a checkpoint handed to a
+    command is input, and a bad one is reported like any bad input (one line, exit code 2)."""
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -37,10 +38,21 @@ def safe_load(path: str | os.PathLike) -> dict[str, Any]:
     try:
         value = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, wrong format, disallowed global, ...
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(error).__name__}: {error})") from None
+        raise CheckpointError(f"checkpoint {path} is unreadable ({_reason(error)})") from None
     if not isinstance(value, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(value).__name__}, expected a dict")
     return value
+
+
+def _reason(error: Exception) -> str:
+    """One line on why torch.load failed. Torch's weights-only refusal runs to several lines and advises
+    loading with weights_only=False, which would run whatever the file pickled: keep only its verdict."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+        return f"refused by weights-only loading: {detail[0] if detail else 'unsupported content'}"
+    lines = text.strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else 'no detail'}"
 
 
 def save_classifier(path: str | os.PathLike, classifier: torch.nn.Module, metadata: dict[str, Any]) -> Path:

@@ -206,6 +206,18 @@ def test_imagenet_c_folder_missing_a_severity(ray_session, tmp_path, monkeypatch
     assert tree(tmp_path) == before
 
 
+def test_a_checkpoint_that_is_not_one(ray_session, tmp_path, monkeypatch, capsys):
+    """A file that torch's weights-only loading refuses: one line, without torch's advice to load it unsafely."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.pt").write_text("my notes, not a model")
+    before = tree(tmp_path)
+    code = run_study.main(["robustness", "--checkpoint", "notes.pt", "--corruptions", "fog"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: checkpoint notes.pt is unreadable (") and err.count("\n") == 1
+    assert "weights_only" not in err
+    assert tree(tmp_path) == before
+
+
 @pytest.mark.parametrize("argv, named", [
     (["sweep", "--space", "nope"], "'nope'"),
     (["train", "--dataset", "imagefolder:/nonexistent/imagenet"], "/nonexistent/imagenet"),
