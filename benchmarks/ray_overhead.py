@@ -14,7 +14,9 @@ plain loop is pinned to the same (torch.set_num_threads(1)), so the comparison i
 
 Per epoch: the loop's own `epoch_seconds` (the training steps of an epoch; from LocalContext.history and
 from the Ray run's reported metrics), and the interval between consecutive reports (an epoch including
-validation and saving the checkpoint, which under Ray also persists it to the run's storage).
+validation and saving the checkpoint, which under Ray also persists it to the run's storage). Report times
+are taken where the loop reports: in this process for the plain loop, from the worker-stamped checkpoint
+folder names for the Ray run (the controller, where callbacks run, only polls the workers every 2 s).
 Fixed costs: the Ray runtime's start (`ray.init`), the run's extra start-up (fit() called -> first epoch
 reported, minus the same in the plain loop: worker group, worker imports, Train setup), its extra teardown
 (last report -> fit() returns, minus the same in the plain loop), and for reference a TorchTrainer whose
@@ -30,6 +32,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +55,8 @@ class TimedLocalContext(LocalContext):
     report_times: list[float] = field(default_factory=list)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        self.report_times.append(time.time() - self.started)  # when the loop reports, as for the Ray run
         super().report(metrics, checkpoint_dir)
-        self.report_times.append(time.time() - self.started)
 
 
 @dataclass
@@ -96,8 +99,10 @@ def run_plain(config: Config, folder: Path, label: str) -> Run:
 
 
 def make_recorder(path: Path):
-    """A Ray Train UserCallback (it runs in the Train controller) appending every report, with its time, to
-    `path` as JSON lines."""
+    """A Ray Train UserCallback appending every report to `path` as JSON lines. It runs in the Train
+    controller, which polls the workers every 2 s, so its own clock would quantise the times; the time of
+    a report is read instead from the name the worker gave the report's checkpoint folder
+    (checkpoint_<local date and time, microseconds>), stamped when the loop called report."""
     from ray.train import UserCallback
 
     class ReportRecorder(UserCallback):
@@ -105,10 +110,23 @@ def make_recorder(path: Path):
             self.path = path
 
         def after_report(self, run_context, metrics, checkpoint) -> None:
+            record = {"time": time.time(), "checkpoint": checkpoint.path if checkpoint else None,
+                      "metrics": metrics[0]}
             with open(self.path, "a") as file:
-                file.write(json.dumps({"time": time.time(), "metrics": metrics[0]}) + "\n")
+                file.write(json.dumps(record) + "\n")
 
     return ReportRecorder(str(path))
+
+
+def report_time(record: dict[str, Any]) -> float:
+    """When the worker reported: from its checkpoint folder's name, else when the controller saw it."""
+    if record["checkpoint"]:
+        stamp = Path(record["checkpoint"]).name.removeprefix("checkpoint_")
+        try:
+            return datetime.strptime(stamp, "%Y-%m-%d_%H-%M-%S.%f").timestamp()
+        except ValueError:
+            pass
+    return record["time"]
 
 
 def run_ray(config: Config, storage: Path, name: str) -> Run:
@@ -124,7 +142,8 @@ def run_ray(config: Config, storage: Path, name: str) -> Run:
     if result.error is not None:
         raise result.error
     records = [json.loads(line) for line in log.read_text().splitlines()]
-    return Run("Ray Train, 1 worker", [r["metrics"] for r in records], [r["time"] - called for r in records], wall)
+    return Run("Ray Train, 1 worker", [r["metrics"] for r in records], [report_time(r) - called for r in records],
+               wall)
 
 
 def empty_loop(_: dict[str, Any]) -> None:
