@@ -6,12 +6,13 @@ serves Ray Train workers (here) and single-worker Ray Tune trials (`study.sweep`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -95,22 +96,33 @@ def connect_ray(address: str | None = None, *, dashboard: bool = False, num_cpus
         check_address(address)
         ray.init(address=address, log_to_driver=True)
     else:
-        _loopback_only()
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1")
+        with _loopback_only():
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1")
 
 
-def _loopback_only() -> None:
-    """Make the local runtime listen on 127.0.0.1 alone.
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """While a local runtime starts, make it listen on 127.0.0.1 alone.
 
     On Linux Ray takes the machine's routable address as the node address, even when given 127.0.0.1
     (`resolve_ip_for_localhost`), and its GCS, raylet and workers then listen on every interface. Ray uses
     the loopback address instead when clusters are disabled, which RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 does
     despite its name: for the processes Ray starts (they inherit the variable) and, through the constant
-    Ray read at import, for this one."""
+    Ray read at import, for this one. Both are restored afterwards, so that a `ray start` this process runs
+    later (which refuses to join a cluster with the variable at 0) is unaffected."""
     from ray._private import ray_constants
 
-    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved_variable, saved_constant = os.environ.get(name), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_constant
+        if saved_variable is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved_variable
 
 
 @dataclass

@@ -23,7 +23,8 @@ ray.get(ray.remote(lambda: 1).remote())  # a worker process too
 family = [os.getpid(), *descendants(os.getpid())]
 print(json.dumps({{"listening": listening_sockets(family),
                    "processes": [command_line(pid) for pid in family],
-                   "gcs": ray.get_runtime_context().gcs_address}}))
+                   "gcs": ray.get_runtime_context().gcs_address,
+                   "cluster_switch": os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}}))
 ray.shutdown()
 """
 
@@ -38,6 +39,7 @@ def test_a_local_runtime_listens_on_loopback_only_and_serves_no_dashboard():
     exposed = [entry for entry in listening if not _loopback(entry[0])]
     assert not exposed, f"listening beyond localhost: {exposed}"
     assert report["gcs"].startswith("127.0.0.1:")
+    assert report["cluster_switch"] is None  # restored: a later `ray start` from this process may join clusters
     # Ray keeps a headless dashboard process for usage statistics; the web UI (frontend, default port 8265)
     # is off.
     dashboards = [line for line in report["processes"] if "dashboard/dashboard.py" in line]
