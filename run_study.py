@@ -26,6 +26,13 @@ from study.config import Config, ConfigError
 EXIT_BAD_INPUT = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors (unknown flags and commands, typos) are one line and exit 2, like ours."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per Config field. Values stay strings here; Config.from_dict converts and validates them."""
     group = parser.add_argument_group("run configuration (defaults: study/config.py)")
@@ -50,8 +57,8 @@ def _add_ray_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="supcon-study", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = _Parser(prog="supcon-study", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     train = commands.add_parser("train", help="train one model under Ray Train")
     train.add_argument("--config", type=Path, help="YAML file of config fields (flags override it)")
@@ -117,8 +124,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config.from_dict(overrides, source="command line")
 
 
+def _check_max_failures(value: int) -> None:
+    if value < 0:
+        raise ConfigError(f"--max-failures {value}: expected an integer >= 0 (retries after a failure)")
+
+
 def command_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # rejected here, before Ray starts or anything is written
+    _check_max_failures(args.max_failures)
     from study.launch import check_address, check_storage, run_training
 
     if args.address:
@@ -138,6 +151,7 @@ def sweep_options(args: argparse.Namespace):
             raise ConfigError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected an integer >= 1")
     if args.gpus_per_worker < 0:
         raise ConfigError(f"--gpus-per-worker {args.gpus_per_worker}: expected a number >= 0")
+    _check_max_failures(args.max_failures)
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent {args.max_concurrent}: expected an integer >= 1")
     return SweepOptions(storage=args.storage, name=args.name, address=args.address,
@@ -167,8 +181,9 @@ def command_collect(args: argparse.Namespace) -> int:
 
 
 def command_robustness(args: argparse.Namespace) -> int:
+    from study.checkpoint import MODEL_FILE, safe_load
     from study.launch import check_address, connect_ray
-    from study.robustness import run_robustness, study_checkpoints
+    from study.robustness import load_corrupted, run_robustness, study_checkpoints
 
     corruptions = _corruption_list(args.corruptions)
     if args.batch_size < 1:
@@ -184,6 +199,13 @@ def command_robustness(args: argparse.Namespace) -> int:
         if missing:
             raise ConfigError(f"--checkpoint {missing[0]}: no such file")
     output = args.output or (args.study / "robustness.parquet" if args.study else Path("robustness.parquet"))
+    try:  # every input is read once before Ray starts, so a bad one fails here, in one line
+        for path in (checkpoints.values() if isinstance(checkpoints, dict) else checkpoints):
+            safe_load(Path(path) / MODEL_FILE if Path(path).is_dir() else path)
+        if args.corrupted is not None:
+            load_corrupted(args.corrupted, corruptions)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if args.address:
         check_address(args.address)
     connect_ray(args.address)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# One intra-op thread per test process: Ray's trial and task processes run beside pytest's on these 2-core
+# machines, and oversubscribed BLAS threads slow everything down many times over when the machine is busy.
+torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CIFAR_SUBSET_TAR = SHARED / "data" / "cifar10-jpeg-subset.tar"
@@ -18,8 +22,9 @@ def ray_session():
     Tests that need Ray take this fixture; everything else runs without a cluster."""
     import ray
 
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from study.launch import connect_ray
+
+    connect_ray(num_cpus=2)  # as the product starts one: loopback only, no dashboard
     try:
         yield ray
     finally:
