@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from datetime import date
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
@@ -75,13 +75,6 @@ def quiet(what: str) -> Iterator[None]:
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
-
-
-def timed(function: Callable[[], Any]) -> tuple[float, Any]:
-    """Wall seconds of one call, and its result."""
-    started = time.perf_counter()
-    result = function()
-    return time.perf_counter() - started, result
 
 
 def median(values: Iterable[float]) -> float:
