@@ -1,6 +1,6 @@
-"""What every benchmark script shares: a header naming the machine and its load, aligned tables, and a
-local Ray runtime started the way `study.launch.connect_ray` starts one (timed, and without streaming the
-workers' logs into the tables)."""
+"""What every benchmark script shares: a header naming the machine and its load, aligned tables, a timed
+local Ray runtime started as the product starts one, and a way to keep Ray's console output out of the
+tables."""
 
 from __future__ import annotations
 
@@ -82,14 +82,12 @@ def median(values: Iterable[float]) -> float:
 
 
 def start_ray(num_cpus: int | None = None) -> float:
-    """Start a local Ray runtime as `study.launch.connect_ray` does (localhost, no dashboard), but without
-    streaming worker logs to this console. Returns the seconds it took (the runtime's fixed start-up cost)."""
-    import ray
+    """Start a local Ray runtime with `study.launch.connect_ray`, as the product does, with every core (or
+    `num_cpus`). Returns the seconds it took: the runtime's fixed start-up cost."""
+    from study.launch import connect_ray
 
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     started = time.perf_counter()
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-             dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", log_to_driver=False)
+    connect_ray(num_cpus=num_cpus or os.cpu_count())
     return time.perf_counter() - started
 
 

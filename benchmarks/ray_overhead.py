@@ -17,7 +17,7 @@ from the Ray run's reported metrics), and the interval between consecutive repor
 validation and saving the checkpoint, which under Ray also persists it to the run's storage). Report times
 are taken where the loop reports: in this process for the plain loop, from the worker-stamped checkpoint
 folder names for the Ray run (the controller, where callbacks run, only polls the workers every 2 s).
-Fixed costs: the Ray runtime's start (`ray.init`), the run's extra start-up (fit() called -> first epoch
+Fixed costs: the Ray runtime's start (`connect_ray`, a local `ray.init`), the run's extra start-up (fit() called -> first epoch
 reported, minus the same in the plain loop: worker group, worker imports, Train setup), its extra teardown
 (last report -> fit() returns, minus the same in the plain loop), and for reference a TorchTrainer whose
 loop does nothing (worker group start and stop alone).
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     plain_startup = statistics.mean([before.startup, after.startup])
     plain_teardown = statistics.mean([before.teardown, after.teardown])
     print_table([
-        {"cost": "Ray runtime start (ray.init, local, once per process)", "seconds": ray_start},
+        {"cost": "Ray runtime start (connect_ray: a local ray.init, once per process)", "seconds": ray_start},
         {"cost": "Train run start-up: fit() -> 1st epoch reported, minus the plain loop's "
                  f"({ray_run.startup:.1f} - {plain_startup:.1f})", "seconds": ray_run.startup - plain_startup},
         {"cost": "Train run teardown: last report -> fit() returns, minus the plain loop's "
