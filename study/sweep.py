@@ -225,7 +225,7 @@ def _run_grid(trials: list[TrialSpec], options: SweepOptions, study_dir: Path, r
         tuner = tune.Tuner(
             trainable,
             param_space={"spec": tune.grid_search(specs), "options": trial_options},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency,
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=_reuse_actors(options),
                                         trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_name),
             run_config=_tune_run_config(experiment, options),
         )
@@ -283,6 +283,13 @@ def _newest_checkpoint_beside(checkpoint):
     folders = sorted(entry.path for entry in entries
                      if entry.type == FileType.Directory and entry.base_name.startswith("checkpoint_"))
     return Checkpoint(folders[-1], filesystem=checkpoint.filesystem) if folders else None
+
+
+def _reuse_actors(options: SweepOptions) -> bool:
+    """One-worker trials reuse their process: starting one costs ~9 s of a trial slot, reuse ~2 s, with
+    identical results (benchmarks/sweep_efficiency.py). A multi-worker trial's process only drives a
+    TorchTrainer, so there is nothing to gain."""
+    return options.workers_per_trial == 1
 
 
 def _tune_run_config(experiment: Path, options: SweepOptions):
@@ -347,7 +354,7 @@ def _run_search(space: StudySpace, method: str, overrides: dict[str, Any], optio
         param_space={"fixed": base_config},
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
                                     scheduler=scheduler, num_samples=space.num_samples,
-                                    max_concurrent_trials=concurrency),
+                                    max_concurrent_trials=concurrency, reuse_actors=_reuse_actors(options)),
         run_config=_tune_run_config(experiment, options),
     )
     _raise_if_interrupted(tuner.fit(), expected=space.num_samples)
