@@ -232,9 +232,13 @@ def storage_uri(storage: str) -> str:
     return storage if "://" in storage else str(Path(storage).expanduser().resolve())
 
 
+def dataset_slug(dataset: str) -> str:
+    """A dataset's name for folder names: `imagefolder:/data/imagenet/` gives `imagenet`."""
+    return dataset.replace("imagefolder:", "").rstrip("/").split("/")[-1] or "data"
+
+
 def default_run_name(config: Config) -> str:
-    dataset = config.dataset.replace("imagefolder:", "").rstrip("/").split("/")[-1] or "data"
-    return f"{config.method}-{dataset}-{config.model}-seed{config.seed}"
+    return f"{config.method}-{dataset_slug(config.dataset)}-{config.model}-seed{config.seed}"
 
 
 def run_training(config: Config, *, storage: str = DEFAULT_STORAGE, name: str | None = None,

@@ -29,7 +29,7 @@ from search_spaces import StudySpace, TrialSpec, load_space
 from study.config import Config, ConfigError
 from study.files import write_json, write_table
 from study.launch import (RayContext, build_trainer, check_address, check_dataset, check_storage, connect_ray,
-                          storage_uri)
+                          dataset_slug, storage_uri)
 from study.train import train
 
 RESULT_COLUMNS = ["study", "trial_id", "method", "varied"]
@@ -126,12 +126,8 @@ def prepare_trials(space: StudySpace, overrides: dict[str, Any], options: SweepO
 
 def study_directory(space: StudySpace, overrides: dict[str, Any], options: SweepOptions) -> tuple[str, Path]:
     dataset = space.base_config(space.methods[0], overrides=overrides).dataset
-    name = options.name or f"{space.name}-{_dataset_slug(dataset)}"
+    name = options.name or f"{space.name}-{dataset_slug(dataset)}"
     return name, Path(storage_uri(options.storage)) / name
-
-
-def _dataset_slug(dataset: str) -> str:
-    return dataset.replace("imagefolder:", "").rstrip("/").split("/")[-1] or "data"
 
 
 def run_sweep(space_name: str, overrides: dict[str, Any] | None = None,
