@@ -11,6 +11,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import date
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -96,3 +97,24 @@ def stop_ray() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+@dataclass
+class RayRuntime:
+    """What `ray_runtime` measured: the seconds the runtime took to start."""
+
+    seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def ray_runtime(num_cpus: int | None = None) -> Iterator[RayRuntime]:
+    """A local Ray runtime for the block: started by `start_ray` (timed), shut down at the end, with this
+    process's console output held in a log throughout, since Ray streams its workers' lines to the driver
+    some time after the call that caused them has returned. Print tables after the block."""
+    runtime = RayRuntime()
+    with quiet("the Ray part of this benchmark"):
+        runtime.seconds = start_ray(num_cpus)
+        try:
+            yield runtime
+        finally:
+            stop_ray()

@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.common import print_header, print_table, quiet, start_ray, stop_ray
+from benchmarks.common import print_header, print_table, quiet, ray_runtime
 from study.corruptions import ALL_CORRUPTIONS, SEVERITIES, corrupt
 from study.data import dataset_to_arrays, load_dataset
 
@@ -103,14 +103,11 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-corruptions-") as temporary:
         folder = Path(temporary)
-        with quiet("ray.init"):
-            ray_start = start_ray(cores)
-        try:
+        with ray_runtime(cores) as runtime:
             all_at_once = generate(images, labels, folder / "all")
             parallel = {name: generate(images, labels, folder / name, [name]) for name in ALL_CORRUPTIONS}
             reuse = generate(images, labels, folder / "all")
-        finally:
-            stop_ray()
+        ray_start = runtime.seconds
         read = read_back(folder / "all")
 
     rows = [{"name": name, "serial": n / serial[name], "single": n / single[name], "ray": n / parallel[name],

@@ -17,10 +17,10 @@ from the Ray run's reported metrics), and the interval between consecutive repor
 validation and saving the checkpoint, which under Ray also persists it to the run's storage). Report times
 are taken where the loop reports: in this process for the plain loop, from the worker-stamped checkpoint
 folder names for the Ray run (the controller, where callbacks run, only polls the workers every 2 s).
-Fixed costs: the Ray runtime's start (`connect_ray`, a local `ray.init`), the run's extra start-up (fit() called -> first epoch
-reported, minus the same in the plain loop: worker group, worker imports, Train setup), its extra teardown
-(last report -> fit() returns, minus the same in the plain loop), and for reference a TorchTrainer whose
-loop does nothing (worker group start and stop alone).
+Fixed costs: the Ray runtime's start (`connect_ray`, a local `ray.init`), the run's extra start-up (fit()
+called -> first epoch reported, minus the same in the plain loop: worker group, worker imports, Train
+setup), its extra teardown (last report -> fit() returns, minus the same in the plain loop), and for
+reference a TorchTrainer whose loop does nothing (worker group start and stop alone).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import print_header, print_table, quiet, start_ray, stop_ray
+from benchmarks.common import print_header, print_table, quiet, ray_runtime
 from study.config import Config
 from study.train import LocalContext, train
 
@@ -189,14 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-ray-overhead-") as temporary:
         folder = Path(temporary)
         before = run_plain(config, folder / "plain-before", "plain loop (before)")
-        with quiet("ray.init"):
-            ray_start = start_ray()
-        try:
+        with ray_runtime() as runtime:
             threads = worker_threads()
             ray_run = run_ray(config, folder / "ray", "supcon-digits")
             empty = run_empty_trainer(folder / "ray")
-        finally:
-            stop_ray()
+        ray_start = runtime.seconds
         after = run_plain(config, folder / "plain-after", "plain loop (after)")
 
     plain_epoch = statistics.mean([statistics.median(before.epochs()), statistics.median(after.epochs())])

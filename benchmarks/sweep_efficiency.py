@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 import yaml
 
-from benchmarks.common import print_header, print_table, quiet, start_ray, stop_ray
+from benchmarks.common import print_header, print_table, quiet, ray_runtime
 
 GRID = {"lr": [0.05, 0.2, 0.8, 3.2], "augmentation": ["crop_flip", "simaugment"]}
 BASE = {"dataset": "digits", "image_size": 16, "model": "resnet18", "width": 0.0625, "batch_size": 128,
@@ -146,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(temporary)
         grid_path, asha_path = write_spaces(folder, args.epochs, asha_options)
         plain = run_plain(grid_path, folder / "plain")
-        with quiet("ray.init"):
-            ray_start = start_ray()
-        try:
+        with ray_runtime() as runtime:
             import ray
 
             from study.sweep import SweepOptions, max_concurrency, trial_resources
@@ -158,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             asha_run = run_study(asha_path, folder / "runs", "asha")
             reuse_run = run_study(grid_path, folder / "runs", "grid-reuse", reuse_actors=True) \
                 if not args.no_what_if else None
-        finally:
-            stop_ray()
+        ray_start = runtime.seconds
 
     grid, asha = grid_run.results, asha_run.results
     plain_sum = float(plain["plain_seconds"].sum())
