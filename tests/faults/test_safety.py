@@ -56,8 +56,8 @@ def _loopback(address: str) -> bool:
 # What reads files the project wrote (or a user handed it) never unpickles: YAML through safe_load, tables through
 # Parquet/CSV/JSON, arrays through np.load without allow_pickle, tensors through torch.load(weights_only=True).
 UNSAFE = [
-    (re.compile(r"\bpickle\.loads?\("), "pickle.load"),
-    (re.compile(r"\bcloudpickle\.loads?\("), "cloudpickle.load"),
+    (re.compile(r"\bpickle\.loads?\("), "unpickling with pickle"),
+    (re.compile(r"\bcloudpickle\.loads?\("), "unpickling with cloudpickle"),
     (re.compile(r"\bread_pickle\("), "pandas.read_pickle"),
     (re.compile(r"\byaml\.(unsafe_)?load\((?![^)]*SafeLoader)"), "yaml.load without SafeLoader"),
     (re.compile(r"allow_pickle\s*=\s*True"), "np.load(allow_pickle=True)"),
