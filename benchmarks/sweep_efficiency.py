@@ -3,7 +3,7 @@ process, and ASHA early stopping over exactly that grid.
 
     python -m benchmarks.sweep_efficiency               # 8 trials (4 lr x 2 augmentations), 4 epochs each
     python -m benchmarks.sweep_efficiency --epochs 6 --grace-period 2
-    python -m benchmarks.sweep_efficiency --no-what-if  # skip the reuse_actors what-if run
+    python -m benchmarks.sweep_efficiency --no-what-if  # skip the fresh-process-per-trial comparison
 
 The trials: cross-entropy on digits (16 px), ResNet-18 at 1/16 width, batch 128, cosine schedule; the grid
 varies lr over [0.05, 0.2, 0.8, 3.2] and augmentation over [crop_flip, simaugment]. The spaces are written
@@ -22,15 +22,15 @@ differs only by ASHA (grace 1 epoch, reduction factor 2) stopping some early. Sh
 trained / epochs the grid trained. ASHA's pick is the best val top-1 among its trials that ran the full
 budget (completed); it "matches" when the grid's val top-1 of that config is within 1 point of the grid's
 best (selection is on validation, never test).
-What-if: the same grid once more with Tune's `reuse_actors=True` (one trial process serves several trials;
-study.sweep does not set it), patched in through `ray.tune.TuneConfig` for this run only, to size the
-per-trial start cost the occupancy column shows.
+Actor reuse: study.sweep runs one-worker trials with Tune's `reuse_actors=True` (one trial process serves
+the trials of its slot, since 9100bc1). For comparison the grid runs once more with a fresh process per
+trial, as before (`study.sweep._reuse_actors` patched to False for that run only): the difference is the
+per-trial start cost, and its results must equal the grid's (no state may leak between reused trials).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import tempfile
 import time
@@ -96,15 +96,15 @@ class SweepRun:
                 "lost": (self.wall * concurrency - total) / len(self.results)}
 
 
-def run_study(path: Path, storage: Path, name: str, *, reuse_actors: bool = False) -> SweepRun:
-    """`run_sweep` on a space file, timed; `reuse_actors` is a what-if (study.sweep does not set it)."""
-    import ray.tune
-
+def run_study(path: Path, storage: Path, name: str, *, fresh_processes: bool = False) -> SweepRun:
+    """`run_sweep` on a space file, timed. `fresh_processes`: every trial in a new process, as study.sweep
+    did before it reused trial actors (for comparison only)."""
+    import study.sweep as sweep_module
     from study.sweep import SweepOptions, run_sweep
 
-    original = ray.tune.TuneConfig
-    if reuse_actors:  # study.sweep builds its TuneConfig through the ray.tune module attribute
-        ray.tune.TuneConfig = functools.partial(original, reuse_actors=True)
+    original = sweep_module._reuse_actors
+    if fresh_processes:
+        sweep_module._reuse_actors = lambda options: False
     try:
         with quiet(f"the sweep {name!r}"):
             called = time.time()
@@ -112,7 +112,7 @@ def run_study(path: Path, storage: Path, name: str, *, reuse_actors: bool = Fals
                                                           max_failures=0))
             wall = time.time() - called
     finally:
-        ray.tune.TuneConfig = original
+        sweep_module._reuse_actors = original
     return SweepRun(wall, pd.read_parquet(study / "results.parquet"), trial_spans(study, called))
 
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grace-period", type=int, default=ASHA["grace_period"], help="ASHA's first rung, epochs")
     parser.add_argument("--reduction-factor", type=float, default=ASHA["reduction_factor"])
     parser.add_argument("--no-what-if", action="store_true",
-                        help="skip the what-if run of the grid with Tune's reuse_actors=True")
+                        help="skip the grid's second run with a fresh process per trial")
     args = parser.parse_args(argv)
     asha_options = {**ASHA, "grace_period": args.grace_period, "reduction_factor": args.reduction_factor}
     torch.set_num_threads(1)
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             concurrency = max_concurrency(ray.cluster_resources(), trial_resources(SweepOptions()))
             grid_run = run_study(grid_path, folder / "runs", "grid")
             asha_run = run_study(asha_path, folder / "runs", "asha")
-            reuse_run = run_study(grid_path, folder / "runs", "grid-reuse", reuse_actors=True) \
+            fresh_run = run_study(grid_path, folder / "runs", "grid-fresh", fresh_processes=True) \
                 if not args.no_what_if else None
         ray_start = runtime.seconds
 
@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"how": "plain process, one after another", "trials": len(plain), "wall": plain_sum, "sum": plain_sum,
              "median": float(plain["plain_seconds"].median()), "occupancy": 1.0}]
     same_work = [grid_run.summary(f"Ray Tune grid, {concurrency} at a time", concurrency)]
-    if reuse_run is not None:
-        same_work.append(reuse_run.summary("what-if: the grid with reuse_actors=True", concurrency))
+    if fresh_run is not None:
+        same_work.append(fresh_run.summary("the grid, a fresh process per trial", concurrency))
     for row in same_work:  # the same 8 full trials as the plain run (ASHA trains fewer epochs)
         row.update(speed_up=plain_sum / row["wall"], efficiency=plain_sum / row["wall"] / concurrency)
     rows += same_work + [asha_run.summary(f"Ray Tune ASHA over the grid, {concurrency} at a time", concurrency)]
@@ -185,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     columns = [("lr", "lr", "g"), ("augmentation", "augmentation", ""), ("epochs_run_grid", "grid epochs", "d"),
                ("val_top1_grid", "grid val top-1", ".1f"), ("test_top1", "grid test top-1", ".1f"),
                ("plain_val_top1", "plain val top-1", ".1f")]
-    if reuse_run is not None:  # the same numbers, or actor reuse would leak state between trials
-        reused = reuse_run.results[keys + ["val_top1"]].rename(columns={"val_top1": "reuse_val_top1"})
-        merged = merged.merge(reused, on=keys, how="left")
-        columns.append(("reuse_val_top1", "reuse_actors val top-1", ".1f"))
+    if fresh_run is not None:  # the same numbers, or reused trial processes would leak state
+        fresh = fresh_run.results[keys + ["val_top1"]].rename(columns={"val_top1": "fresh_val_top1"})
+        merged = merged.merge(fresh, on=keys, how="left")
+        columns.append(("fresh_val_top1", "fresh-process val top-1", ".1f"))
     columns += [("epochs_run_asha", "ASHA epochs", "d"), ("status_asha", "ASHA status", ""),
                 ("val_top1_asha", "ASHA last val top-1", ".1f")]
     merged = merged.sort_values(keys).reset_index(drop=True)
