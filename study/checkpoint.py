@@ -58,7 +58,7 @@ def _reason(error: Exception) -> str:
 def save_classifier(path: str | os.PathLike, classifier: torch.nn.Module, metadata: dict[str, Any]) -> Path:
     """Export the final classifier (encoder + linear layer) with the metadata evaluation needs:
     config, num_classes, image_size, mean, std, and the final metrics."""
-    state = {key: value.detach().cpu() for key, value in _unwrap(classifier).state_dict().items()}
+    state = {key: value.detach().cpu() for key, value in unwrap(classifier).state_dict().items()}
     return atomic_save({**metadata, "classifier": state}, path)
 
 
@@ -86,6 +86,6 @@ def load_classifier(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str,
     return model, metadata
 
 
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     """The module inside a DistributedDataParallel wrapper, if any."""
     return getattr(module, "module", module)

@@ -295,7 +295,7 @@ def _tune_run_config(experiment: Path, options: SweepOptions):
         name=experiment.name, storage_path=str(experiment.parent),
         failure_config=tune.FailureConfig(max_failures=options.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[TrialLineCallback()], verbose=options.verbose,
+        callbacks=[_trial_line_callback()], verbose=options.verbose,
     )
 
 
@@ -366,7 +366,8 @@ def _searched_trial(tune_config: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------------------- progress
-def _make_callback():
+def _trial_line_callback():
+    """A Tune callback printing one line per finished trial (Ray is imported lazily, so it is built here)."""
     from ray.tune import Callback
 
     class _TrialLineCallback(Callback):
@@ -379,10 +380,6 @@ def _make_callback():
             print(_trial_line(trial, failed=True), flush=True)
 
     return _TrialLineCallback()
-
-
-def TrialLineCallback():  # noqa: N802 - reads like the class it builds; Ray is imported lazily
-    return _make_callback()
 
 
 def _trial_line(trial, failed: bool = False) -> str:

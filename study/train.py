@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from study.augment import build_eval_transform, build_train_transform, default_autoaugment_policy
-from study.checkpoint import MODEL_FILE, STATE_FILE, CheckpointError, atomic_save, safe_load, save_classifier
+from study.checkpoint import MODEL_FILE, STATE_FILE, CheckpointError, atomic_save, safe_load, save_classifier, unwrap
 from study.config import Config
 from study.data import DatasetSplits, MultiViewDataset, TransformedDataset, load_dataset
 from study.losses import supcon_loss
@@ -310,6 +310,13 @@ class _Networks:
             state["contrastive"] = self.contrastive.state_dict()
         return state
 
+    def replace_encoder(self, encoder: nn.Module) -> None:
+        """Share a converted (e.g. SyncBatchNorm) encoder between the contrastive network and the classifier."""
+        self.encoder = encoder
+        if self.contrastive is not None:
+            self.contrastive.encoder = encoder
+        self.classifier.encoder = encoder
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.contrastive is not None:
             self.contrastive.load_state_dict(state["contrastive"])
@@ -337,8 +344,7 @@ def train(config: Config, context: RunContext, *, on_step: Callable[[int], None]
                 else "the end (training finished; evaluating)"
             print(f"resuming at {where}", flush=True)
     if config.sync_batchnorm and context.world_size > 1:
-        networks.encoder = nn.SyncBatchNorm.convert_sync_batchnorm(networks.encoder)
-        networks = _rebind(networks, config, splits)
+        networks.replace_encoder(nn.SyncBatchNorm.convert_sync_batchnorm(networks.encoder))
     if context.device.type == "cuda" and config.amp:
         networks.classifier.to(memory_format=torch.channels_last)
         if networks.contrastive is not None:
@@ -385,14 +391,6 @@ def train(config: Config, context: RunContext, *, on_step: Callable[[int], None]
         latest = context.latest_checkpoint()
         final["checkpoint"] = str(Path(latest) / MODEL_FILE) if latest is not None else ""
     return final
-
-
-def _rebind(networks: _Networks, config: Config, splits: DatasetSplits) -> _Networks:
-    """Point the contrastive network and classifier at a replaced (e.g. SyncBatchNorm) encoder."""
-    if networks.contrastive is not None:
-        networks.contrastive.encoder = networks.encoder
-    networks.classifier.encoder = networks.encoder
-    return networks
 
 
 def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str, Any] | None, config: Config,
@@ -498,7 +496,7 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
         if stage == "contrastive":
             bank = Subset(splits.train, range(min(len(splits.train), KNN_MAX_TRAIN)))
             eval_transform = val_set.transform
-            val_top1, val_top5 = knn_accuracy(_unwrap(trained).encoder, TransformedDataset(bank, eval_transform),
+            val_top1, val_top5 = knn_accuracy(unwrap(trained).encoder, TransformedDataset(bank, eval_transform),
                                               val_set, splits.num_classes, config, context)
         else:
             networks.classifier.to(context.device)
@@ -525,6 +523,3 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
     return {"status": "completed", "val_top1": metrics.get("val_top1", math.nan),
             "val_top5": metrics.get("val_top5", math.nan)}
 
-
-def _unwrap(module: nn.Module) -> nn.Module:
-    return getattr(module, "module", module)
