@@ -9,10 +9,10 @@ SimCLR) and A(i) (every other view):
     L_in(i)  = logsumexp_{a in A(i)} z_i.z_a/t - logsumexp_{p in P(i)} z_i.z_p/t + log |P(i)|
 
 Memory: one `[anchors, contrast]` float matrix, kept for backward (a custom autograd function writes the
-gradient from the closed form instead of saving intermediates), plus boolean masks only where a positives
-cap or L_in needs them: for L_out without a cap the positive term is z_i . (sum of the other same-label
-features) / |P(i)|, from per-class feature sums. `chunk_size` bounds that matrix to `[chunk_size, contrast]`
-and recomputes it in backward (activation checkpointing).
+gradient from the closed form instead of saving intermediates; backward adds row blocks of it), plus
+boolean masks only where a positives cap or L_in needs them: for L_out without a cap the positive term is
+z_i . (sum of the other same-label features) / |P(i)|, from per-class feature sums. `chunk_size` bounds
+that matrix to `[chunk_size, contrast]` and recomputes it in backward (activation checkpointing).
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from torch.utils.checkpoint import checkpoint
 
 VARIANTS = ("out", "in")
 CONTRAST_MODES = ("all", "one")
+# exp(logit - shift) for a row whose maximum is 40 below the shift stays a normal float32 down to e^-47
+# of that maximum, far below float32's resolution of the row's sum (about e^-16).
+_SHARED_SHIFT_RANGE = 40.0
 
 
 def _world() -> tuple[int, int]:
@@ -126,11 +129,17 @@ class _ContrastTerms(torch.autograd.Function):
     Saves one `[anchors, contrast]` matrix and writes the gradient from the closed form (softmax minus the
     positive weights). For L_out the saved matrix is exp(logits - row max), computed in place, so backward
     is two matrix products scaled per row, with no `[anchors, contrast]` temporaries; L_in keeps the logits
-    (its positive softmax must not underflow) and works in row blocks."""
+    (its positive softmax must not underflow) and works in row blocks.
+
+    `symmetric` says the anchors are the contrast rows themselves (every view is an anchor, one process,
+    one block), so the logits are symmetric. L_out without masks then shifts the whole matrix by one
+    constant, when every row's maximum lies within `_SHARED_SHIFT_RANGE` of it, keeping exp(logits - shift)
+    symmetric: the gradient from both sides, u_i E_ij + u_j E_ji = (u_i + u_j) E_ij, is then one matrix
+    product instead of two (the products dominate the cost)."""
 
     @staticmethod
     def forward(ctx, anchors: Tensor, contrast: Tensor, inv_t: float, self_cols: Tensor, kept: Tensor | None,
-                dropped: Tensor | None, n_kept: Tensor, variant: str) -> tuple[Tensor, Tensor]:
+                dropped: Tensor | None, n_kept: Tensor, variant: str, symmetric: bool) -> tuple[Tensor, Tensor]:
         logits = anchors.new_empty(len(anchors), len(contrast))
         torch.addmm(logits, anchors, contrast.T, beta=0, alpha=inv_t, out=logits)  # 1/t at no extra pass
         # A finite fill (not -inf) keeps a row without any entry (a lone view) finite forward and backward.
@@ -150,11 +159,16 @@ class _ContrastTerms(torch.autograd.Function):
                 for rows in _row_blocks(*logits.shape):
                     positive[rows] = torch.where(kept[rows], logits[rows], 0.0).sum(1) / n_kept[rows]
             row_max = logits.amax(1)
+            shift = row_max.max()
+            # One shift for all rows (synchronises a GPU, as torch.unique in supcon_loss already does).
+            symmetric = symmetric and bool(shift - row_max.min() <= _SHARED_SHIFT_RANGE)
+            if symmetric:
+                row_max = shift.expand(len(anchors))
             saved = logits.sub_(row_max[:, None]).exp_()  # excluded entries become exactly 0
             normaliser = saved.sum(1)  # softmax = saved / normaliser
             lse = row_max + normaliser.log()
         ctx.save_for_backward(anchors, contrast, saved, normaliser, positive, kept, n_kept)
-        ctx.variant, ctx.inv_t = variant, inv_t
+        ctx.variant, ctx.inv_t, ctx.symmetric = variant, inv_t, symmetric
         return lse, positive
 
     @staticmethod
@@ -162,9 +176,20 @@ class _ContrastTerms(torch.autograd.Function):
     def backward(ctx, grad_lse: Tensor, grad_positive: Tensor):
         anchors, contrast, saved, normaliser, positive, kept, n_kept = ctx.saved_tensors
         inv_t = ctx.inv_t
+        if ctx.symmetric:
+            weight = grad_lse * inv_t / normaliser
+            # Row blocks bound the scaled copy of the matrix: 256 rows stay fast on CPU, a GPU wants few launches.
+            rows_per_block = 256 if saved.device.type == "cpu" else max(256, (1 << 24) // len(saved))
+            grad = torch.empty_like(contrast)
+            block = anchors.new_empty(min(rows_per_block, len(saved)), len(saved))
+            for start in range(0, len(saved), len(block)):
+                rows = slice(start, min(start + len(block), len(saved)))
+                scaled = torch.add(weight[rows, None], weight[None, :], out=block[:rows.stop - start])
+                torch.mm(scaled.mul_(saved[rows]), contrast, out=grad[rows])
+            return grad, *[None] * 8
         if ctx.variant == "out" and kept is None:
             weight = (grad_lse * inv_t / normaliser)[:, None]
-            return (saved @ contrast).mul_(weight), saved.T @ (anchors * weight), None, None, None, None, None, None
+            return (saved @ contrast).mul_(weight), saved.T @ (anchors * weight), *[None] * 7
         grad_anchors, grad_contrast = torch.empty_like(anchors), torch.zeros_like(contrast)
         for rows in _row_blocks(*saved.shape):
             if ctx.variant == "out":
@@ -176,19 +201,20 @@ class _ContrastTerms(torch.autograd.Function):
                     * grad_positive[rows, None]
             torch.mm(grad, contrast, out=grad_anchors[rows]).mul_(inv_t)
             grad_contrast.addmm_(grad.T, anchors[rows], alpha=inv_t)
-        return grad_anchors, grad_contrast, None, None, None, None, None, None
+        return grad_anchors, grad_contrast, *[None] * 7
 
 
 def _anchor_losses(anchors: Tensor, contrast: Tensor, inv_t: float, self_cols: Tensor, anchor_class: Tensor,
                    contrast_class: Tensor, n_positives: Tensor, positive_mean: Tensor | None, n_views: int,
-                   variant: str, max_positives: int | None) -> Tensor:
-    """Per-anchor loss for a block of anchors."""
+                   variant: str, max_positives: int | None, symmetric: bool) -> Tensor:
+    """Per-anchor loss for a block of anchors (`symmetric`: the block is all of `contrast`, in order)."""
     n_kept = n_positives.clamp(min=1).to(anchors.dtype)
     if positive_mean is not None:  # L_out without cap: the positive term needs no mask
-        lse, _ = _ContrastTerms.apply(anchors, contrast, inv_t, self_cols, None, None, n_kept, variant)
+        lse, _ = _ContrastTerms.apply(anchors, contrast, inv_t, self_cols, None, None, n_kept, variant, symmetric)
         return lse - (anchors * positive_mean).sum(1) * inv_t
     kept, dropped = _positive_masks(self_cols, anchor_class, contrast_class, n_views, max_positives)
-    lse, positive = _ContrastTerms.apply(anchors, contrast, inv_t, self_cols, kept, dropped, n_kept, variant)
+    lse, positive = _ContrastTerms.apply(anchors, contrast, inv_t, self_cols, kept, dropped, n_kept, variant,
+                                         False)
     return lse - positive if variant == "out" else lse - positive + n_kept.log()
 
 
@@ -266,14 +292,14 @@ def supcon_loss(features: Tensor, labels: Tensor | Sequence[int] | None = None, 
             positive_mean = (class_sums.index_select(0, anchor_class) - contrast[self_rows]) \
                 / n_positives.clamp(min=1).to(dtype)[:, None]
 
-        def block(start: int, stop: int) -> Tensor:
+        def block(start: int, stop: int, symmetric: bool = False) -> Tensor:
             return _anchor_losses(anchors[start:stop], contrast, 1.0 / temperature, self_cols[start:stop],
                                   anchor_class[start:stop], contrast_class, n_positives[start:stop],
                                   None if positive_mean is None else positive_mean[start:stop],
-                                  n_views, variant, max_positives)
+                                  n_views, variant, max_positives, symmetric)
 
         if chunk_size is None or chunk_size >= len(anchors):
-            per_anchor = block(0, len(anchors))
+            per_anchor = block(0, len(anchors), symmetric=world == 1 and contrast_mode == "all")
         else:
             per_anchor = torch.cat([checkpoint(block, start, min(start + chunk_size, len(anchors)),
                                                use_reentrant=False)

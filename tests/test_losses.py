@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from study import losses
 from study.losses import supcon_loss
 
 
@@ -240,6 +241,24 @@ def test_gradcheck_float64(kwargs):
     features = torch.randn(5, 2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     features.requires_grad_()
     assert torch.autograd.gradcheck(lambda f: supcon_loss(f, labels, temperature=0.5, **kwargs), (features,))
+
+
+@pytest.mark.parametrize("scale", [1.0, 6.0])
+def test_shared_shift_and_row_shift_agree(monkeypatch, scale):
+    # Every view an anchor on one process: L_out shifts all logits by one constant (one product in backward)
+    # unless the row maxima spread wider than _SHARED_SHIFT_RANGE; force each path and compare both.
+    labels = [0, 1, 0, 0, 1, 2, 2]
+    features = scale * random_features(len(labels), 2, seed=3)
+    results = []
+    for shift_range in (math.inf, -1.0):  # always shared, never shared
+        monkeypatch.setattr(losses, "_SHARED_SHIFT_RANGE", shift_range)
+        leaf = features.clone().requires_grad_()
+        loss = supcon_loss(leaf, torch.tensor(labels), temperature=0.5)
+        loss.backward()
+        assert loss.item() == pytest.approx(loop_loss(features, labels, 0.5), rel=1e-10)
+        assert torch.autograd.gradcheck(lambda f: supcon_loss(f, torch.tensor(labels), temperature=0.5), (leaf,))
+        results.append(leaf.grad)
+    torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("kwargs", [
