@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--max-failures", type=int, default=1, help="retries of a failed trial (from its checkpoint)")
     sweep.add_argument("--optuna-storage", default=None, help="SQLAlchemy URL for search designs (default SQLite)")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    sweep.add_argument("--verbose", action="store_true", help="also print Ray Tune's own trial tables")
     _add_ray_flags(sweep)
     _add_config_flags(sweep)
 
@@ -157,7 +158,8 @@ def sweep_options(args: argparse.Namespace):
     return SweepOptions(storage=args.storage, name=args.name, address=args.address,
                         workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
                         gpus_per_worker=args.gpus_per_worker, max_concurrent=args.max_concurrent,
-                        max_failures=args.max_failures, optuna_storage=args.optuna_storage, resume=args.resume)
+                        max_failures=args.max_failures, optuna_storage=args.optuna_storage, resume=args.resume,
+                        verbose=int(args.verbose))
 
 
 def command_sweep(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ serves Ray Train workers (here) and single-worker Ray Tune trials (`study.sweep`
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import tempfile
@@ -127,7 +128,8 @@ def _loopback_only() -> Iterator[None]:
 
 @dataclass
 class RayContext:
-    """RunContext over Ray's report/get_checkpoint (Ray Train's or Ray Tune's; they share a shape)."""
+    """RunContext over Ray's report/get_checkpoint (Ray Train's or Ray Tune's; they share a shape, but each
+    wants checkpoints of its own `Checkpoint` class)."""
 
     world_rank: int
     world_size: int
@@ -135,16 +137,16 @@ class RayContext:
     report_fn: Callable[..., None]
     get_checkpoint_fn: Callable[[], Any]
     prepare_fn: Callable[[nn.Module], nn.Module]
+    checkpoint_class: type
     print_progress: bool = True
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
         import ray
-        from ray.train import Checkpoint
 
         metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}  # where it ran, for the table
         if self.print_progress and self.world_rank == 0 and metrics.get("stage") != "final":
             print(format_progress(metrics), flush=True)
-        checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        checkpoint = self.checkpoint_class.from_directory(checkpoint_dir) if checkpoint_dir else None
         self.report_fn(_plain(metrics), checkpoint=checkpoint)
 
     def latest_checkpoint(self) -> Path | None:
@@ -165,6 +167,12 @@ def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in metrics.items() if isinstance(value, (int, float, str, bool))}
 
 
+def quiet_checkpoint_log() -> None:
+    """Drop Ray's INFO line for every persisted checkpoint (one per epoch per run, on the driver's console);
+    its warnings and errors still show."""
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """The `train_loop_per_worker` of the TorchTrainer: one worker of a Ray Train run."""
     import ray.train
@@ -179,7 +187,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         report_fn=ray.train.report,
         get_checkpoint_fn=ray.train.get_checkpoint,
         prepare_fn=ray.train.torch.prepare_model,
+        checkpoint_class=ray.train.Checkpoint,
     )
+    quiet_checkpoint_log()
     fail_after = loop_config.get("fail_after_epochs")
     if fail_after and run_context.latest_checkpoint() is None:
         run_context.report = _failing_after(run_context.report, fail_after)

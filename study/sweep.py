@@ -29,7 +29,7 @@ from search_spaces import StudySpace, TrialSpec, load_space
 from study.config import Config, ConfigError
 from study.files import write_json, write_table
 from study.launch import (RayContext, build_trainer, check_address, check_dataset, check_storage, connect_ray,
-                          dataset_slug, storage_uri)
+                          dataset_slug, quiet_checkpoint_log, storage_uri)
 from study.train import train
 
 RESULT_COLUMNS = ["study", "trial_id", "method", "varied"]
@@ -38,6 +38,7 @@ FINAL_COLUMNS = ["seed", "status", "epochs_run", "val_top1", "val_top5", "test_t
 HISTORY_COLUMNS = ["trial_id", "method", "stage", "epoch", "loss", "lr", "val_top1", "val_top5",
                    "images_per_second", "epoch_seconds"]
 STUDY_FILE = "study.json"
+STATUS_EVERY_SECONDS = 60  # a status line while trials run, between the lines of finished trials
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class SweepOptions:
     max_failures: int = 1
     optuna_storage: str | None = None
     resume: bool = False
-    verbose: int = 1
+    verbose: int = 0  # Ray Tune's own console output (0: only this module's progress lines; 1-2: its tables too)
 
 
 # ----------------------------------------------------------------------------------------- resources
@@ -95,7 +96,8 @@ def _train_trial(config: Config, options: dict[str, Any]) -> None:
         device = torch.device("cuda" if config.use_gpu and torch.cuda.is_available() else "cpu")
         context = RayContext(world_rank=0, world_size=1, device=device, report_fn=ray.tune.report,
                              get_checkpoint_fn=ray.tune.get_checkpoint, prepare_fn=lambda model: model.to(device),
-                             print_progress=False)
+                             checkpoint_class=ray.tune.Checkpoint, print_progress=False)
+        quiet_checkpoint_log()
         train(config, context)
         return
     _run_trial_with_torch_trainer(config, options)
@@ -159,6 +161,9 @@ def run_sweep(space_name: str, overrides: dict[str, Any] | None = None,
         for config in datasets.values():
             check_dataset(config)
     check_storage(options.storage)
+    # CheckpointConfig(num_to_keep) makes Tune snapshot its state at every checkpoint, which resume relies
+    # on; Tune warns about it each time trials checkpoint within 5 s of each other, as short epochs do.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     connect_ray(options.address)
     per_trial = trial_resources(options, loader_workers)
     concurrency = max_concurrency(ray.cluster_resources(), per_trial, options.max_concurrent)
@@ -223,7 +228,7 @@ def _run_grid(trials: list[TrialSpec], options: SweepOptions, study_dir: Path, r
             param_space={"spec": tune.grid_search(specs), "options": trial_options},
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=_reuse_actors(options),
                                         trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_name),
-            run_config=_tune_run_config(experiment, options),
+            run_config=_tune_run_config(experiment, options, total=len(specs)),
         )
     _raise_if_interrupted(tuner.fit(), expected=len(specs))
 
@@ -288,14 +293,14 @@ def _reuse_actors(options: SweepOptions) -> bool:
     return options.workers_per_trial == 1
 
 
-def _tune_run_config(experiment: Path, options: SweepOptions):
+def _tune_run_config(experiment: Path, options: SweepOptions, total: int):
     from ray import tune
 
     return tune.RunConfig(
         name=experiment.name, storage_path=str(experiment.parent),
         failure_config=tune.FailureConfig(max_failures=options.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[_trial_line_callback()], verbose=options.verbose,
+        callbacks=[_trial_line_callback(total)], verbose=options.verbose,
     )
 
 
@@ -351,7 +356,7 @@ def _run_search(space: StudySpace, method: str, overrides: dict[str, Any], optio
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
                                     scheduler=scheduler, num_samples=space.num_samples,
                                     max_concurrent_trials=concurrency, reuse_actors=_reuse_actors(options)),
-        run_config=_tune_run_config(experiment, options),
+        run_config=_tune_run_config(experiment, options, total=space.num_samples),
     )
     _raise_if_interrupted(tuner.fit(), expected=space.num_samples)
 
@@ -366,18 +371,35 @@ def _searched_trial(tune_config: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------------------- progress
-def _trial_line_callback():
-    """A Tune callback printing one line per finished trial (Ray is imported lazily, so it is built here)."""
+def _trial_line_callback(total: int):
+    """A Tune callback printing one line per finished trial and a status line a minute while trials run
+    (Ray is imported lazily, so the class is built here). `total`: the trials this Tuner runs."""
     from ray.tune import Callback
 
     class _TrialLineCallback(Callback):
-        """One line per finished trial with its key hyperparameters and metric."""
+        def setup(self, **info):
+            self.started = self.last_status = time.monotonic()  # per fit(): a resumed sweep counts anew
+
+        def _elapsed(self) -> str:
+            minutes, seconds = divmod(int(time.monotonic() - self.started), 60)
+            return f"{minutes}m{seconds:02d}s"
+
+        def _finished_line(self, trials, trial, failed: bool) -> None:
+            finished = sum(1 for other in trials if other is trial or other.status in ("TERMINATED", "ERROR"))
+            print(f"[{finished}/{total}, {self._elapsed()}] {_trial_line(trial, failed)}", flush=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            print(_trial_line(trial), flush=True)
+            self._finished_line(trials, trial, failed=False)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            print(_trial_line(trial, failed=True), flush=True)
+            self._finished_line(trials, trial, failed=True)
+
+        def on_step_end(self, iteration, trials, **info):
+            if time.monotonic() - self.last_status >= STATUS_EVERY_SECONDS:
+                self.last_status = time.monotonic()
+                running = sum(1 for trial in trials if trial.status == "RUNNING")
+                finished = sum(1 for trial in trials if trial.status in ("TERMINATED", "ERROR"))
+                print(f"[{self._elapsed()}] {running} running, {finished}/{total} finished", flush=True)
 
     return _TrialLineCallback()
 

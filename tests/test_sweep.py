@@ -44,6 +44,27 @@ def test_concurrency_counts_the_trial_driver_and_loader_processes():
     assert max_concurrency({"CPU": 64}, one_worker, requested=3) == 3
 
 
+def test_progress_lines_count_finished_trials_and_report_status(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from study import sweep
+
+    def trial(name, status, top1=None):
+        spec = {"trial_name": name, "method": "ce", "params": {"lr": 0.1}}
+        return SimpleNamespace(config={"spec": spec}, trial_id=name, status=status,
+                               last_result={"status": "completed", "stage": "final", "test_top1": top1})
+
+    done, running, finishing = trial("a", "TERMINATED", 50.0), trial("b", "RUNNING"), trial("c", "RUNNING", 61.25)
+    callback = sweep._trial_line_callback(total=4)
+    callback.setup()
+    monkeypatch.setattr(sweep, "STATUS_EVERY_SECONDS", 0)
+    callback.on_step_end(iteration=1, trials=[done, running, finishing])
+    callback.on_trial_complete(iteration=2, trials=[done, running, finishing], trial=finishing)
+    status, finished = capsys.readouterr().out.splitlines()
+    assert status == "[0m00s] 2 running, 1/4 finished"
+    assert finished == "[2/4, 0m00s] trial c [ce] lr=0.1: completed, top-1 61.25"
+
+
 def test_grid_sweep_writes_tables_counts_divergence_and_resumes(ray_session, tmp_path):
     space = write_space(tmp_path, "tiny", """
 design: one_at_a_time
