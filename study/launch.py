@@ -83,22 +83,27 @@ def check_dataset(config: Config) -> None:
         raise ConfigError(f"dataset: {error}") from None
 
 
-def connect_ray(address: str | None = None, *, dashboard: bool = False, num_cpus: int | None = None) -> None:
+def connect_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
     """Connect to the Ray cluster at `address`, or start a local runtime bound to localhost.
 
-    A local runtime listens on 127.0.0.1 only and starts without the dashboard unless `dashboard` is true
-    (then bound to 127.0.0.1 too)."""
+    A local runtime listens on 127.0.0.1 only, its dashboard too. The dashboard is started because it serves
+    Ray's State API, which Ray Train's controller needs: without it Train polls it and logs a warning every
+    second or two for the whole run, and a Train run inside a Tune trial that is stopped early can hang."""
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    # Ray Train V2 routes print() in its workers through a logger that also echoes it: every progress line
+    # would reach the console twice.
+    runtime_env = {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
     if address and address != "local":
         check_address(address)
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     else:
         with _loopback_only():
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1")
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                     runtime_env=runtime_env)
 
 
 @contextlib.contextmanager
@@ -167,10 +172,25 @@ def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in metrics.items() if isinstance(value, (int, float, str, bool))}
 
 
-def quiet_checkpoint_log() -> None:
-    """Drop Ray's INFO line for every persisted checkpoint (one per epoch per run, on the driver's console);
-    its warnings and errors still show."""
+def quiet_ray_train_info() -> None:
+    """Keep Ray Train's per-epoch INFO lines (checkpoint persisted, result reported, model moved to a device)
+    off the driver's console; its warnings and errors still show, and Train V2 still writes all to its logs.
+    Call it in the process that trains."""
+    # Inside a Tune trial (Train V1 session): a plain logger propagating to Ray's handlers.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    # A TorchTrainer worker (Train V2): `ray.train` logs to files and to a console handler shared with the
+    # root logger, and some of its modules log through the root logger under their file name, so the console
+    # handler filters by the source file of each record.
+    for handler in logging.getLogger("ray.train").handlers:
+        if handler.get_name() == "console":
+            handler.addFilter(_console_without_ray_train_info)
+
+
+_RAY_TRAIN_SOURCE = f"{os.sep}ray{os.sep}train{os.sep}"
+
+
+def _console_without_ray_train_info(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or _RAY_TRAIN_SOURCE not in record.pathname
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -189,7 +209,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         prepare_fn=ray.train.torch.prepare_model,
         checkpoint_class=ray.train.Checkpoint,
     )
-    quiet_checkpoint_log()
+    quiet_ray_train_info()
     fail_after = loop_config.get("fail_after_epochs")
     if fail_after and run_context.latest_checkpoint() is None:
         run_context.report = _failing_after(run_context.report, fail_after)

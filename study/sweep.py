@@ -29,7 +29,7 @@ from search_spaces import StudySpace, TrialSpec, load_space
 from study.config import Config, ConfigError
 from study.files import write_json, write_table
 from study.launch import (RayContext, build_trainer, check_address, check_dataset, check_storage, connect_ray,
-                          dataset_slug, quiet_checkpoint_log, storage_uri)
+                          dataset_slug, quiet_ray_train_info, storage_uri)
 from study.train import train
 
 RESULT_COLUMNS = ["study", "trial_id", "method", "varied"]
@@ -97,7 +97,7 @@ def _train_trial(config: Config, options: dict[str, Any]) -> None:
         context = RayContext(world_rank=0, world_size=1, device=device, report_fn=ray.tune.report,
                              get_checkpoint_fn=ray.tune.get_checkpoint, prepare_fn=lambda model: model.to(device),
                              checkpoint_class=ray.tune.Checkpoint, print_progress=False)
-        quiet_checkpoint_log()
+        quiet_ray_train_info()
         train(config, context)
         return
     _run_trial_with_torch_trainer(config, options)

@@ -24,7 +24,7 @@ def ray_session():
 
     from study.launch import connect_ray
 
-    connect_ray(num_cpus=2)  # as the product starts one: loopback only, no dashboard
+    connect_ray(num_cpus=2)  # as the product starts one: loopback only
     try:
         yield ray
     finally:
