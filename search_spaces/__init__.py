@@ -93,6 +93,7 @@ __all__ = [
     "VariedParameter",
     "applies_to",
     "list_spaces",
+    "parse_space",
     "load_space",
 ]
 
@@ -489,11 +490,17 @@ def load_space(name_or_path: str) -> StudySpace:
             raise ConfigError(
                 f"unknown study space {text!r}; available: {', '.join(list_spaces())} (or pass a path to a .yaml file)"
             )
+    return parse_space(path.read_text(), path, label)
+
+
+def parse_space(text: str, path: Path, label: str) -> StudySpace:
+    """Parse and validate a study space from its YAML text (`path` and `label` name it in the space and in
+    errors). Sweep trials use it on the text the driver read, so they need no access to the file."""
     try:
-        document = yaml.safe_load(path.read_text())
+        document = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{label}: not valid YAML ({str(error).splitlines()[0]})") from None
-    space = _parse(document, path, label)
+    space = _parse(document, Path(path), label)
     space.validate()
     return space
 

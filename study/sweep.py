@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from search_spaces import StudySpace, TrialSpec, load_space
+from search_spaces import StudySpace, TrialSpec, load_space, parse_space
 from study.config import Config, ConfigError
 from study.files import write_json, write_table
 from study.launch import (RayContext, build_trainer, check_address, check_dataset, check_storage, connect_ray,
@@ -172,7 +172,7 @@ def run_sweep(space_name: str, overrides: dict[str, Any] | None = None,
                           "lower --workers-per-trial / --gpus-per-worker")
     started = time.time()
     study_info = _read_json(study_dir / STUDY_FILE) if options.resume else {
-        "space": space.name, "space_file": str(space.path), "design": space.design, "dataset": base.dataset,
+        "space": space.name, "space_file": str(space.path.resolve()), "design": space.design, "dataset": base.dataset,
         "model": base.model, "width": base.width, "image_size": base.image_size, "epochs": base.epochs,
         "linear_epochs": base.linear_epochs, "num_trials": len(trials) or space.num_samples * len(space.methods),
         "seeds": list(space.seeds), "metric": space.metric,
@@ -348,8 +348,9 @@ def _run_search(space: StudySpace, method: str, overrides: dict[str, Any], optio
         scheduler = ASHAScheduler(metric=space.metric, mode=space.mode, max_t=max_t,
                                   **space.scheduler_options)
     fixed_overrides = {**overrides, "num_workers": options.workers_per_trial, "use_gpu": options.gpus_per_worker > 0}
-    base_config = {"method": method, "space_file": str(space.path), "overrides": fixed_overrides,
-                   "seed": space.seeds[0], "options": trial_options}
+    # The space travels as text: a trial may run on a node that cannot see the file, or from another folder.
+    base_config = {"method": method, "space_file": str(space.path), "space_text": space.path.read_text(),
+                   "overrides": fixed_overrides, "seed": space.seeds[0], "options": trial_options}
     tuner = tune.Tuner(
         trainable,
         param_space={"fixed": base_config},
@@ -365,7 +366,7 @@ def _searched_trial(tune_config: dict[str, Any]) -> None:
     """A searched trial: Optuna's sample on top of the space's base config for the method."""
     fixed = tune_config["fixed"]
     sample = {key: value for key, value in tune_config.items() if key != "fixed"}
-    space = load_space(fixed["space_file"])
+    space = parse_space(fixed["space_text"], fixed["space_file"], label=fixed["space_file"])
     config = space.config_for(fixed["method"], sample, fixed["seed"], fixed["overrides"])
     _train_trial(config, fixed["options"])
 

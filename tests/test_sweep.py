@@ -104,7 +104,7 @@ vary:
     assert all(Path(path).read_bytes() == data for path, data in before.items())
 
 
-def test_search_design_runs_optuna_with_asha_and_persists_the_study(ray_session, tmp_path):
+def test_search_design_runs_optuna_with_asha_and_persists_the_study(ray_session, tmp_path, monkeypatch):
     space = write_space(tmp_path, "searched", """
 design: search
 methods: [ce]
@@ -116,7 +116,8 @@ num_samples: 3
 sampler: TPESampler
 scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
 """)
-    study = run_sweep(str(space), {"epochs": 2}, SweepOptions(storage=str(tmp_path / "runs"), name="s", verbose=0))
+    monkeypatch.chdir(tmp_path)  # the space by a relative path: trials run in folders of their own
+    study = run_sweep(space.name, {"epochs": 2}, SweepOptions(storage=str(tmp_path / "runs"), name="s", verbose=0))
     results = pd.read_parquet(study / "results.parquet")
     assert len(results) == 3 and set(results["varied"]) == {"search"}
     assert set(results["status"]) <= {"completed", "stopped_early"}
