@@ -33,7 +33,8 @@ File format (top-level keys; anything else is rejected)::
       batch_size: {type: categorical, choices: [128, 256]}      # categorical: choices
       temperature: {type: float, low: 0.03, high: 0.5, log: true, methods: [supcon]}
     num_samples: 30              # required for search: trials per method (and seed)
-    sampler: TPESampler          # optional, default TPESampler; any sampler class in optuna.samplers
+    sampler: TPESampler          # optional, default TPESampler; any sampler class in optuna.samplers (seeded
+                                 #   with the first of `seeds` unless sampler_args gives a seed)
     sampler_args: {n_startup_trials: 8}   # optional keyword arguments of that sampler
     scheduler: asha              # optional: none (default) | asha | {type: asha, grace_period: 1, reduction_factor: 3}
 

@@ -88,7 +88,7 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None) -> N
 
     A local runtime listens on 127.0.0.1 only, its dashboard too. The dashboard is started because it serves
     Ray's State API, which Ray Train's controller needs: without it Train polls it and logs a warning every
-    second or two for the whole run, and a Train run inside a Tune trial that is stopped early can hang."""
+    second or two for the whole run, and a multi-worker Tune trial that ASHA stops early hangs the sweep."""
     import ray
 
     if ray.is_initialized():

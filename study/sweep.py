@@ -310,9 +310,14 @@ def _spec_of(config: dict[str, Any]) -> dict[str, Any] | None:
     return json.loads(spec) if isinstance(spec, str) else spec
 
 
+def _trial_method(trial) -> str:
+    spec = _spec_of(trial.config)
+    return spec["method"] if spec else trial.config.get("fixed", {}).get("method", "trial")
+
+
 def _trial_name(trial) -> str:
     spec = _spec_of(trial.config)
-    return spec["trial_name"] if spec else f"{trial.config.get('method', 'trial')}-{trial.trial_id}"
+    return spec["trial_name"] if spec else f"{_trial_method(trial)}-{trial.trial_id}"
 
 
 def _trial_dirname(trial) -> str:
@@ -335,8 +340,9 @@ def _run_search(space: StudySpace, method: str, overrides: dict[str, Any], optio
         _raise_if_interrupted(results, expected=space.num_samples)
         return
     storage_url = options.optuna_storage or f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
-    searcher = OptunaSearch(
-        space=space.search_space(method), metric=space.metric, mode=space.mode, sampler=space.make_sampler(),
+    searcher = OptunaSearch(  # the space's first seed seeds the sampler too: the same space samples the same
+        space=space.search_space(method), metric=space.metric, mode=space.mode,
+        sampler=space.make_sampler(seed=space.seeds[0]),
         study_name=f"{space.name}-{method}", storage=optuna.storages.RDBStorage(storage_url),
     )
     scheduler = None
@@ -356,7 +362,7 @@ def _run_search(space: StudySpace, method: str, overrides: dict[str, Any], optio
         param_space={"fixed": base_config},
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
                                     scheduler=scheduler, num_samples=space.num_samples,
-                                    max_concurrent_trials=concurrency, reuse_actors=_reuse_actors(options)),
+                                    reuse_actors=_reuse_actors(options)),
         run_config=_tune_run_config(experiment, options, total=space.num_samples),
     )
     _raise_if_interrupted(tuner.fit(), expected=space.num_samples)
@@ -406,15 +412,17 @@ def _trial_line_callback(total: int):
 
 
 def _trial_line(trial, failed: bool = False) -> str:
+    """What a finished trial's progress line says (called as it finishes, before Tune updates its status)."""
     spec = _spec_of(trial.config) or {}
     result = trial.last_result or {}
     params = spec.get("params") or {key: value for key, value in trial.config.items() if key != "fixed"}
-    described = ", ".join(f"{key}={value}" for key, value in params.items()) or "base"
-    status = "failed" if failed else result.get("status", "?")
-    if status == "completed" and result.get("stage") != "final":
+    described = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                          for key, value in params.items()) or "base"
+    status = "failed" if failed else _status(trial, result)
+    if status == "pending":  # finished without its final report: the scheduler stopped it
         status = "stopped_early"
     top1 = result.get("test_top1", result.get("val_top1", math.nan))
-    return f"trial {_trial_name(trial)} [{spec.get('method', '')}] {described}: {status}, top-1 {top1:.2f}"
+    return f"trial {_trial_name(trial)} [{_trial_method(trial)}] {described}: {status}, top-1 {top1:.2f}"
 
 
 # ----------------------------------------------------------------------------------------- collection
@@ -490,9 +498,7 @@ def _status(trial, last: dict[str, Any]) -> str:
         return "diverged"
     if last.get("stage") == "final":
         return "completed"
-    if trial.status == "TERMINATED":
-        return "stopped_early"
-    return "failed" if trial.status == "ERROR" else "pending"
+    return "stopped_early" if trial.status == "TERMINATED" else "pending"
 
 
 def _error_message(trial) -> str:

@@ -1,6 +1,7 @@
 """A sweep on a two-node Ray cluster started on this machine, in a subprocess of its own (the session's local
-runtime stays untouched): trials land on both nodes, results gather in one storage path, and a trial with two
-Train workers runs through a TorchTrainer launched from the Tune trial."""
+runtime stays untouched): trials land on both nodes, results gather in one storage path, a trial with two
+Train workers runs through a TorchTrainer launched from the Tune trial, and ASHA stopping such trials early
+does not hang the sweep (it did without the dashboard's State API: minutes, until killed)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ SCRIPT = textwrap.dedent("""
     from ray.cluster_utils import Cluster
     from study.sweep import SweepOptions, run_sweep
 
-    space, multi_space, storage = sys.argv[1], sys.argv[2], sys.argv[3]
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    space, multi_space, asha_space, storage = sys.argv[1:5]
+    # As `ray start --head` runs it: with the dashboard, here on loopback only.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True,
+                                                            "dashboard_host": "127.0.0.1"})
     cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
@@ -26,7 +29,9 @@ SCRIPT = textwrap.dedent("""
     single = run_sweep(space, {}, SweepOptions(storage=storage, name="single", verbose=0, max_failures=0))
     multi = run_sweep(multi_space, {}, SweepOptions(storage=storage, name="multi", workers_per_trial=2,
                                                         max_concurrent=1, verbose=0, max_failures=0))
-    print("RESULT " + json.dumps({"nodes": nodes, "single": str(single), "multi": str(multi)}))
+    asha = run_sweep(asha_space, {}, SweepOptions(storage=storage, name="asha", workers_per_trial=2,
+                                                  max_concurrent=1, max_failures=0))
+    print("RESULT " + json.dumps({"nodes": nodes, "single": str(single), "multi": str(multi), "asha": str(asha)}))
     ray.shutdown()
     cluster.shutdown()
 """)
@@ -47,8 +52,21 @@ def test_sweep_spreads_over_two_nodes_and_runs_multi_worker_trials(tmp_path):
     multi_space = tmp_path / "two_workers.yaml"
     multi_space.write_text(space.read_text().replace("two_nodes", "two_workers").replace("seeds: [0, 1]", "seeds: [0]")
                            .replace("lr: [0.1, 0.5]", "lr: [0.5]"))
-    completed = subprocess.run([sys.executable, "-c", SCRIPT, str(space), str(multi_space), str(tmp_path / "runs")],
-                               capture_output=True, text=True, timeout=540)
+    asha_space = tmp_path / "asha_two_workers.yaml"
+    asha_space.write_text(textwrap.dedent("""
+        name: asha_two_workers
+        design: search
+        methods: [ce]
+        seeds: [0]
+        metric: val_top1
+        base: {dataset: digits, model: resnet18, width: 0.0625, epochs: 4, batch_size: 64, augmentation: crop_flip}
+        distributions:
+          lr: {type: float, low: 0.001, high: 2.0, log: true}
+        num_samples: 4
+        scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
+    """))
+    completed = subprocess.run([sys.executable, "-c", SCRIPT, str(space), str(multi_space), str(asha_space),
+                                str(tmp_path / "runs")], capture_output=True, text=True, timeout=840)
     assert completed.returncode == 0, completed.stderr[-3000:]
     line = [row for row in completed.stdout.splitlines() if row.startswith("RESULT ")][-1]
     outcome = json.loads(line.removeprefix("RESULT "))
@@ -62,3 +80,7 @@ def test_sweep_spreads_over_two_nodes_and_runs_multi_worker_trials(tmp_path):
     assert len(multi) == 1 and (multi["status"] == "completed").all()
     assert multi["test_top1"].between(0, 100).all()
     assert all(path.endswith("model.pt") for path in multi["checkpoint"])
+
+    asha = pd.read_parquet(f"{outcome['asha']}/results.parquet")
+    assert len(asha) == 4 and set(asha["status"]) == {"completed", "stopped_early"}, asha[["lr", "status"]]
+    assert (asha.loc[asha["status"] == "stopped_early", "epochs_run"] < 4).all()  # cut before its 4 epochs

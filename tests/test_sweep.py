@@ -60,9 +60,15 @@ def test_progress_lines_count_finished_trials_and_report_status(monkeypatch, cap
     monkeypatch.setattr(sweep, "STATUS_EVERY_SECONDS", 0)
     callback.on_step_end(iteration=1, trials=[done, running, finishing])
     callback.on_trial_complete(iteration=2, trials=[done, running, finishing], trial=finishing)
-    status, finished = capsys.readouterr().out.splitlines()
+    # A searched trial that the scheduler stops: named by its method, floats short, stopped_early.
+    searched = SimpleNamespace(config={"fixed": {"method": "supcon"}, "lr": 0.0654226749}, trial_id="e09e",
+                               status="RUNNING", last_result={"status": "running", "stage": "contrastive",
+                                                              "val_top1": 12.5})
+    callback.on_trial_complete(iteration=3, trials=[done, running, finishing, searched], trial=searched)
+    status, finished, stopped = capsys.readouterr().out.splitlines()
     assert status == "[0m00s] 2 running, 1/4 finished"
     assert finished == "[2/4, 0m00s] trial c [ce] lr=0.1: completed, top-1 61.25"
+    assert stopped == "[2/4, 0m00s] trial supcon-e09e [supcon] lr=0.06542: stopped_early, top-1 12.50"
 
 
 def test_grid_sweep_writes_tables_counts_divergence_and_resumes(ray_session, tmp_path):
