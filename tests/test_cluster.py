@@ -13,15 +13,20 @@ import textwrap
 import pandas as pd
 
 SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json, socket, sys
     import ray
     from ray.cluster_utils import Cluster
     from study.sweep import SweepOptions, run_sweep
 
     space, multi_space, asha_space, storage = sys.argv[1:5]
-    # As `ray start --head` runs it: with the dashboard, here on loopback only.
+    # As `ray start --head` runs it: with the dashboard, here on loopback only and on a free port (the test
+    # session's runtime may hold Ray's default one).
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dashboard_port = probe.getsockname()[1]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True,
-                                                            "dashboard_host": "127.0.0.1"})
+                                                            "dashboard_host": "127.0.0.1",
+                                                            "dashboard_port": dashboard_port})
     cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)

@@ -1,5 +1,6 @@
 """Safety: a local Ray runtime listens on localhost only, its dashboard (the State API Ray Train needs) too; the
-project never unpickles its own files (checkpoints load with weights_only=True: tests/faults/test_fault_checkpoint.py)."""
+project never unpickles its own files (checkpoints load with weights_only=True:
+tests/faults/test_fault_checkpoint.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ import ray
 connect_ray(num_cpus=1)
 ray.get(ray.remote(lambda: 1).remote())  # a worker process too
 from ray.util.state import list_nodes
-state_api_nodes = len(list_nodes())  # what Ray Train's controller polls; raises without the dashboard
+# What Ray Train's controller polls; raises without the dashboard. The address is explicit because another
+# local runtime (the test session's) may be running.
+state_api_nodes = len(list_nodes(address=ray.get_runtime_context().gcs_address))
 family = [os.getpid(), *descendants(os.getpid())]
 print(json.dumps({{"listening": listening_sockets(family), "state_api_nodes": state_api_nodes,
                    "processes": [command_line(pid) for pid in family],
