@@ -22,6 +22,7 @@ give them for any other device, and without a known peak MFU is left blank.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps is not None:
         if args.steps < 1:
             parser.error(f"--steps must be >= 1, got {args.steps}")
-        setting = Setting(**{**setting.__dict__, "steps": args.steps})
+        setting = dataclasses.replace(setting, steps=args.steps)
     torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peaks = device_peaks(name, args.peak_bf16, args.peak_tf32)
