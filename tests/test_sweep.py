@@ -127,7 +127,13 @@ scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
     results = pd.read_parquet(study / "results.parquet")
     assert len(results) == 3 and set(results["varied"]) == {"search"}
     assert set(results["status"]) <= {"completed", "stopped_early"}
-    assert results["lr"].between(0.05, 1.0).all()
+    # The sampler is seeded with the space's first seed: the sweep sampled what a seeded study asks for.
+    from search_spaces import load_space
+
+    seeded = optuna.create_study(sampler=load_space(str(space)).make_sampler(seed=0))
+    expected = [seeded.ask({"lr": optuna.distributions.FloatDistribution(0.05, 1.0, log=True)}).params["lr"]
+                for _ in range(3)]
+    assert sorted(results["lr"]) == pytest.approx(sorted(expected))
     optuna_study = optuna.load_study(study_name="searched-ce", storage=f"sqlite:///{study / 'optuna.db'}")
     assert len(optuna_study.trials) == 3
 
