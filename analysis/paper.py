@@ -19,6 +19,17 @@ TABLE2_TOP1: dict[str, dict[str, float]] = {
     "imagenet": {"simclr": 70.2, "ce": 78.2, "max_margin": 78.0, "supcon": 78.7},
 }
 
+# Contrastive pre-training epochs of the paper's results: 1000 on CIFAR (the authors' CIFAR-10 script,
+# google-research supcon/scripts/supcon_cifar10_resnet50.sh --stage_1_epochs=1000), 350 for ResNet-50 on
+# ImageNet (Sec. 4).
+PRETRAIN_EPOCHS = {"cifar10": 1000, "cifar100": 1000, "imagenet": 350}
+
+
+def pretrain_epochs(dataset: str) -> int:
+    """The paper's contrastive pre-training epochs for a dataset name (ImageNet's for anything not CIFAR)."""
+    return PRETRAIN_EPOCHS.get(dataset, PRETRAIN_EPOCHS["imagenet"])
+
+
 # Fig. 3 (left): ImageNet-C mCE and relative mCE, AlexNet = 100. Keys: (method, model); method None for
 # the plain ResNet-18 reference.
 IMAGENET_C_MCE: dict[tuple[str | None, str], dict[str, float]] = {

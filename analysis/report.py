@@ -601,9 +601,21 @@ class _ReportBuilder:
             tail = ("the intervals overlap, so this difference may be seed noise" if overlap
                     else "the intervals do not overlap") if np.isfinite(s["ci_low"]) and np.isfinite(c["ci_low"]) \
                 else "with one seed there is no interval"
-            return (f"SupCon's best top-1 is {_fmt(s['top1'], 2)} vs {_fmt(c['top1'], 2)} for cross-entropy "
-                    f"({'+' if gap >= 0 else ''}{_fmt(gap, 2)} points); {tail}.")
+            reading = (f"SupCon's best top-1 is {_fmt(s['top1'], 2)} vs {_fmt(c['top1'], 2)} for cross-entropy "
+                       f"({'+' if gap >= 0 else ''}{_fmt(gap, 2)} points); {tail}.")
+            return reading + (" " + self._short_budget_sentence() if gap < 0 else "")
         return "; ".join(f"{method_name(m)}: best top-1 {_fmt(r['top1'], 2)}" for m, r in best.iterrows()) + "."
+
+    def _short_budget_sentence(self) -> str:
+        """Why SupCon can trail at a small budget: its encoder learns from a few epochs of contrastive
+        pre-training only, where the paper pre-trains for hundreds."""
+        epochs, dataset = self.info.get("epochs"), str(self.info.get("dataset", ""))
+        paper_epochs = paper.pretrain_epochs(dataset)
+        if not isinstance(epochs, (int, float)) or epochs >= paper_epochs:
+            return ""
+        return (f"SupCon's encoder had {int(epochs)} epochs of contrastive pre-training here, against the "
+                f"paper's {paper_epochs}, and contrastive pre-training converges more slowly than "
+                f"cross-entropy, so a short budget favours cross-entropy.")
 
     def _overall_stability_reading(self) -> str:
         d = self.difference

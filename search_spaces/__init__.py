@@ -29,7 +29,7 @@ File format (top-level keys; anything else is rejected)::
     # search: Optuna over distributions (run by study/sweep.py through Ray Tune's OptunaSearch)
     distributions:
       lr: {type: float, low: 0.01, high: 3.0, log: true}        # float: low, high, log, step
-      randaugment_m: {type: int, low: 0, high: 30, step: 5}     # int: low, high, log, step
+      randaugment_m: {type: int, low: 0, high: 10, step: 2}     # int: low, high, log, step
       batch_size: {type: categorical, choices: [128, 256]}      # categorical: choices
       temperature: {type: float, low: 0.03, high: 0.5, log: true, methods: [supcon]}
     num_samples: 30              # required for search: trials per method (and seed)
@@ -114,7 +114,7 @@ SEARCH_ONLY_KEYS = ("distributions", "num_samples", "sampler", "sampler_args", "
 # Fields only the contrastive stage reads (ce has no projection head and one view).
 CONTRASTIVE_ONLY = frozenset(
     {"temperature", "loss_variant", "contrast_mode", "max_positives", "n_views", "scale_by_temperature",
-     "projection_dim", "loss_chunk_size"}
+     "projection_dim", "projection_head", "loss_chunk_size"}
 )  # fmt: skip
 # Fields of the linear stage: supcon and simclr always, ce only with ce_two_stage.
 LINEAR_STAGE = frozenset(

@@ -3,21 +3,36 @@
 Every policy maps a PIL RGB image to a normalised float tensor [3, S, S] (S = `image_size`) and adapts
 its sizes to S: images below `SMALL_IMAGE_SIZE` pixels (digits, CIFAR) are "small".
 
-- ``crop_flip``: the plain baseline. Small: zero-pad by S/8 (4 px at 32) + random S crop + horizontal
-  flip (the standard CIFAR recipe). Large: RandomResizedCrop(S, scale 0.08-1) + flip (the ImageNet recipe).
-- ``autoaugment``: crop_flip, then torchvision AutoAugment with the CIFAR10 or IMAGENET policy.
-- ``randaugment``: crop_flip, then torchvision RandAugment(N, M) (31 magnitude bins, so M in 0..30).
-- ``simaugment``: the paper's SimAugment: random resized crop (scale 0.2-1 small, 0.08-1 large), flip,
-  rotation (+-15 degrees, p=0.5), colour distortion (ColorJitter 0.4/0.4/0.4/0.1 with p=0.8, grayscale
-  p=0.2: the authors' strength 0.5), a warp (RandomPerspective, corners moved by up to 10% of S, p=0.5),
-  then Gaussian blur (p=0.5, sigma 0.1-2, kernel about S/10 made odd, at least 3).
-- ``stacked_randaugment``: SimAugment with a RandAugment(N, M) step before the colour jitter, as the
-  paper's text defines it. (The authors' TensorFlow code applies it just after the jitter, and has no
-  rotation; we follow the paper's text, which the study cites.)
+Every policy except ``pad_crop_flip`` starts as the authors' TF preprocessing does
+(google-research supcon/preprocessing.py `_preprocess_image_for_train`: random crop, then flip, then the
+augmentation type): a random-resized crop of area fraction 0.2-1 (small) or 0.08-1 (large) and aspect
+ratio 0.75-1.33, resized to S, then a horizontal flip. No padding.
+
+- ``crop_flip``: the random-resized crop + flip alone (the authors' augmentation_type=IDENTITY; the
+  PyTorch reference's CE and SupCon crop, RandomResizedCrop(32, scale=(0.2, 1))).
+- ``pad_crop_flip``: the classic CE CIFAR recipe, at every size: zero-pad by S/8 (4 px at 32), random
+  S x S crop, flip (inputs of other sizes are first resized/centre-cropped to S).
+- ``simclr_augment``: the authors' views (augmentation_type=SIMCLR, strength 0.5, torchvision-style
+  jitter): crop + flip, ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8, grayscale p=0.2, and for large images
+  only a Gaussian blur (p=0.5, sigma 0.1-2, kernel about S/10 made odd); no blur below 64 px (their CIFAR
+  flags set blur_probability=0).
+- ``autoaugment``: crop + flip, then torchvision AutoAugment with the CIFAR10 or IMAGENET policy.
+- ``randaugment``: crop + flip, then RandAugment(N, M) with M on the paper's TF scale 0..10
+  (`RANDAUGMENT_MAX_MAGNITUDE`): torchvision's RandAugment with 11 magnitude bins, so each geometric op
+  gets M/10 of its maximum (M=9: shear 0.27, rotation 27 degrees), and TF's grey fill (128). The ops
+  whose semantics differ from TF's are listed in `_randaugment`'s docstring.
+- ``simaugment``: the paper's SimAugment: crop + flip, rotation (+-15 degrees, p=0.5), the colour
+  distortion of simclr_augment, a warp (RandomPerspective, corners moved by up to 10% of S, p=0.5), then
+  Gaussian blur (p=0.5 at every size; same kernel and sigma as simclr_augment).
+- ``stacked_randaugment``: SimAugment with a RandAugment(N, M) step (same scale as ``randaugment``)
+  before the colour jitter, as the paper's text defines it. (The authors' TensorFlow code applies it just
+  after the jitter, with N=2, M=10 fixed, and has no rotation; we follow the paper's text, which the study
+  cites.)
 
 The warp: the authors use a sparse image warp (2x2 control points moved by up to ~10% of the side);
 a random perspective with the same maximum corner displacement is the closest smooth, global warp that
-torchvision ships.
+torchvision ships. (The authors' runs leave it off: supcon/hparams.py ImagePreprocessing.warp_probability
+defaults to 0 and supcon/hparams_flags.py has no flag to set it, which is why simclr_augment has none.)
 
 All randomness comes from torch's global generator, so `torch.manual_seed` makes a policy reproducible
 (DataLoader workers get distinct torch seeds). Every step works on PIL images (faster than uint8 tensors
@@ -35,11 +50,41 @@ from PIL import Image
 from torchvision.transforms import AutoAugmentPolicy
 from torchvision.transforms import v2
 
-AUGMENTATIONS = ("crop_flip", "autoaugment", "randaugment", "simaugment", "stacked_randaugment")
+from study.config import AUGMENTATIONS, RANDAUGMENT_MAX_MAGNITUDE
+
 AUTOAUGMENT_POLICIES = ("cifar", "imagenet")
 SMALL_IMAGE_SIZE = 64  # below this, images are "small" (CIFAR-style recipes); same rule as the models' stem
 EVAL_CROP_FRACTION = 0.875  # large images: resize the shorter side to S / 0.875, centre-crop S (224 <- 256)
-RANDAUGMENT_MAGNITUDE_BINS = 31  # torchvision's default; magnitudes 0..30
+
+# Random-resized crop (all policies but pad_crop_flip): area fraction of the source image.
+# Small: google-research supcon/scripts/configs.sh CIFAR10_FLAGS --crop_area_range=0.2,1.0; the same as
+# HobbitLong/SupContrast main_supcon.py and main_ce.py RandomResizedCrop(size=32, scale=(0.2, 1.)).
+SMALL_CROP_AREA = (0.2, 1.0)
+# Large: supcon/hparams_flags.py crop_area_range default ['0.08', '1.0'] (IMAGENET_FLAGS leaves it).
+LARGE_CROP_AREA = (0.08, 1.0)
+# Aspect ratio (width / height): supcon/preprocessing.py _distorted_crop_window
+# aspect_ratio_range=(0.75, 1.33); torchvision's default (3/4, 4/3), used by the PyTorch reference, is the
+# same up to rounding.
+CROP_ASPECT_RATIO = (0.75, 1.33)
+
+# Colour distortion (simclr_augment, simaugment, stacked_randaugment). Strength s = 0.5: the authors' CIFAR
+# scripts supcon/scripts/supcon_cifar10_resnet50.sh and cross_entropy_cifar10_resnet50.sh
+# (--augmentation_type=SIMCLR --augmentation_magnitude=0.5). supcon/preprocessing.py _jitter_colors with
+# use_pytorch_impl (configs.sh CIFAR10_FLAGS --use_pytorch_color_jitter=True) is torchvision's ColorJitter
+# with brightness = contrast = saturation = 0.8 * s and hue = 0.2 * s, in random order.
+COLOUR_JITTER_STRENGTH = 0.5
+COLOUR_JITTER_P = 0.8  # supcon/preprocessing.py _simclr_augment: _random_apply(_jitter_colors, p=0.8)
+GRAYSCALE_P = 0.2  # supcon/preprocessing.py _simclr_augment: _random_apply(_rgb_to_gray, p=0.2)
+# Gaussian blur: supcon/preprocessing.py _gaussian_blur draws sigma ~ U(0.1, 2.0); probability 0.5 from
+# configs.sh IMAGENET_FLAGS --blur_probability=0.5 (CIFAR10_FLAGS --blur_probability=0: none when small).
+BLUR_SIGMA = (0.1, 2.0)
+BLUR_P = 0.5
+
+# RandAugment's grey fill, where a geometric op uncovers the image: tensorflow/models
+# official/vision/image_classification/augment.py (imported by supcon/preprocessing.py as `augment`)
+# RandAugment.distort replace_value = [128] * 3; torchvision's default is 0 (black).
+RANDAUGMENT_FILL = 128
+
 
 def is_small(image_size: int) -> bool:
     """Whether `image_size` gets the small-image (CIFAR-style) recipes."""
@@ -117,7 +162,8 @@ def build_train_transform(
 
     `autoaugment_policy` ("cifar" | "imagenet") is chosen by the caller from the dataset
     (`default_autoaugment_policy(image_size)` is the usual choice); `randaugment_n`/`randaugment_m` are
-    RandAugment's number of ops and magnitude (0..30), used by randaugment and stacked_randaugment."""
+    RandAugment's number of ops and magnitude, M on the paper's TF scale 0..10
+    (`RANDAUGMENT_MAX_MAGNITUDE`), used by randaugment and stacked_randaugment."""
     _check_size(image_size)
     if policy not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation policy {policy!r}; allowed: {' | '.join(AUGMENTATIONS)}")
@@ -127,38 +173,30 @@ def build_train_transform(
         )
     if not isinstance(randaugment_n, int) or randaugment_n < 0:
         raise ValueError(f"invalid randaugment_n={randaugment_n!r}; allowed: an integer >= 0")
-    if not isinstance(randaugment_m, int) or not 0 <= randaugment_m < RANDAUGMENT_MAGNITUDE_BINS:
+    if not isinstance(randaugment_m, int) or not 0 <= randaugment_m <= RANDAUGMENT_MAX_MAGNITUDE:
         raise ValueError(
-            f"invalid randaugment_m={randaugment_m!r}; allowed: an integer in 0..{RANDAUGMENT_MAGNITUDE_BINS - 1}"
+            f"invalid randaugment_m={randaugment_m!r}; allowed: an integer in 0..{RANDAUGMENT_MAX_MAGNITUDE} "
+            "(the paper's TF RandAugment scale)"
         )
 
-    def randaugment() -> v2.RandAugment:
-        return v2.RandAugment(
-            num_ops=randaugment_n, magnitude=randaugment_m, num_magnitude_bins=RANDAUGMENT_MAGNITUDE_BINS
-        )
-
-    steps: list[Callable] = []
-    if policy in ("crop_flip", "autoaugment", "randaugment"):
-        steps += _crop_flip(image_size)
-        if policy == "autoaugment":
-            steps.append(v2.AutoAugment(_AUTOAUGMENT_POLICY[autoaugment_policy]))
-        elif policy == "randaugment":
-            steps.append(randaugment())
-    else:  # simaugment, stacked_randaugment
-        scale = (0.2, 1.0) if is_small(image_size) else (0.08, 1.0)
-        steps += [
-            v2.RandomResizedCrop(image_size, scale=scale, antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.RandomApply([v2.RandomRotation(15, interpolation=v2.InterpolationMode.BILINEAR)], p=0.5),
-        ]
+    if policy == "pad_crop_flip":
+        steps = _pad_crop_flip(image_size)
+    else:
+        steps = _random_resized_crop_flip(image_size)
+    if policy == "autoaugment":
+        steps.append(v2.AutoAugment(_AUTOAUGMENT_POLICY[autoaugment_policy]))
+    elif policy == "randaugment":
+        steps.append(_randaugment(randaugment_n, randaugment_m))
+    elif policy == "simclr_augment":
+        steps += _colour_distortion()
+        if not is_small(image_size):
+            steps.append(_gaussian_blur(image_size))
+    elif policy in ("simaugment", "stacked_randaugment"):
+        steps.append(v2.RandomApply([v2.RandomRotation(15, interpolation=v2.InterpolationMode.BILINEAR)], p=0.5))
         if policy == "stacked_randaugment":
-            steps.append(randaugment())
-        steps += [
-            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            v2.RandomGrayscale(p=0.2),
-            v2.RandomPerspective(distortion_scale=0.2, p=0.5),
-            RandomGaussianBlur(blur_kernel_size(image_size), sigma=(0.1, 2.0), p=0.5),
-        ]
+            steps.append(_randaugment(randaugment_n, randaugment_m))
+        steps += _colour_distortion()
+        steps += [v2.RandomPerspective(distortion_scale=0.2, p=0.5), _gaussian_blur(image_size)]
     steps.append(build_normalize_transform(mean=mean, std=std))
     return v2.Compose(steps)
 
@@ -233,15 +271,71 @@ class ToNormalizedTensor:
 _AUTOAUGMENT_POLICY = {"cifar": AutoAugmentPolicy.CIFAR10, "imagenet": AutoAugmentPolicy.IMAGENET}
 
 
-def _crop_flip(image_size: int) -> list[Callable]:
-    if is_small(image_size):
-        padding = max(1, round(image_size / 8))  # 4 px at 32, 2 px at 16
-        return [
-            ResizeCenterCrop(image_size),  # no-op for images stored at the model's size
-            v2.RandomCrop(image_size, padding=padding),
-            v2.RandomHorizontalFlip(),
-        ]
-    return [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
+def _random_resized_crop_flip(image_size: int) -> list[Callable]:
+    """The authors' start of every view (supcon/preprocessing.py `_preprocess_image_for_train`): a random
+    crop of the whole image (area and aspect ratio as set at `SMALL_CROP_AREA` .. `CROP_ASPECT_RATIO`),
+    resized to S (bilinear), then a horizontal flip with p=0.5 (`_flip`)."""
+    area = SMALL_CROP_AREA if is_small(image_size) else LARGE_CROP_AREA
+    return [
+        v2.RandomResizedCrop(image_size, scale=area, ratio=CROP_ASPECT_RATIO, antialias=True),
+        v2.RandomHorizontalFlip(),
+    ]
+
+
+def _pad_crop_flip(image_size: int) -> list[Callable]:
+    """The classic CE CIFAR recipe (He et al. 2016, Sec. 4.2: pad 4 px, random 32 x 32 crop, flip), with
+    the padding scaled to S/8 (4 px at 32, 2 px at 16, 28 at 224); zero padding."""
+    padding = max(1, round(image_size / 8))
+    return [
+        ResizeCenterCrop(image_size),  # no-op for square images stored at the model's size
+        v2.RandomCrop(image_size, padding=padding),
+        v2.RandomHorizontalFlip(),
+    ]
+
+
+def _colour_distortion() -> list[Callable]:
+    """SimCLR's colour distortion at the authors' strength (see `COLOUR_JITTER_STRENGTH`): torchvision's
+    ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8, then grayscale with p=0.2."""
+    s = COLOUR_JITTER_STRENGTH
+    jitter = v2.ColorJitter(brightness=0.8 * s, contrast=0.8 * s, saturation=0.8 * s, hue=0.2 * s)
+    return [v2.RandomApply([jitter], p=COLOUR_JITTER_P), v2.RandomGrayscale(p=GRAYSCALE_P)]
+
+
+def _gaussian_blur(image_size: int) -> RandomGaussianBlur:
+    return RandomGaussianBlur(blur_kernel_size(image_size), sigma=BLUR_SIGMA, p=BLUR_P)
+
+
+def _randaugment(num_ops: int, magnitude: int) -> v2.RandAugment:
+    """RandAugment(N, M) with M on TF's level scale 0..10 (tensorflow/models
+    official/vision/image_classification/augment.py, _MAX_LEVEL = 10; supcon/preprocessing.py imports it):
+    torchvision's op ranges split into RANDAUGMENT_MAX_MAGNITUDE + 1 = 11 bins, linspace(0, max, 11)[M] =
+    M / 10 * max, as TF's level / _MAX_LEVEL * max; TF's grey fill (`RANDAUGMENT_FILL`).
+
+    Where torchvision's ops differ from TF's (TF's level-to-arg functions, augment.py `level_to_arg`, at
+    level L = M):
+    - Same: ShearX/ShearY (+-L/10 * 0.3, origin at the top-left corner, nearest, fill 128), Rotate
+      (+-L/10 * 30 degrees about the centre, nearest, fill 128), AutoContrast and Equalize (PIL's).
+    - TranslateX/Y: TF shifts by +-L/10 * translate_const, an absolute 100 px (RandAugment's default), at
+      every image size (at 32 px, L >= 4 moves the whole image out: a grey square); torchvision shifts by
+      +-M/10 * 150/331 * width (14.5 px at most at 32 px).
+    - Brightness/Color/Contrast/Sharpness: TF's enhance factor is L/10 * 1.8 + 0.1, unsigned (M=9: 1.72;
+      M=5: 1.0, a no-op; below 5 it always darkens / desaturates / flattens / blurs); torchvision's is
+      1 +- M/10 * 0.9 with a random sign (M=9: 1.81 or 0.19).
+    - Contrast: TF blends towards sum(histogram) / 256 = pixel count / 256 (4 at 32 x 32, 196 at 224 x 224,
+      clipped to 255), not the mean grey level as torchvision (and PIL) do.
+    - Posterize: TF keeps int(L/10 * 4) bits: 0 bits (a black image) for L < 2.5, and a weaker op as L
+      grows (M=9: 3 bits); torchvision keeps 8 - round(M/10 * 4) bits (M=0: 8, a no-op; M=9: 4).
+    - Solarize: TF inverts pixels >= int(L/10 * 256), a weaker op as L grows (M=9: >= 230; M=10: a no-op);
+      torchvision inverts pixels >= 255 * (1 - M/10), stronger as M grows (M=9: >= 25.5).
+    - Op set: TF also has Invert, Cutout (a grey square of side 2 * int(L/10 * 40) px) and SolarizeAdd
+      (adds int(L/10 * 110) to pixels < 128); torchvision has Identity. Each layer picks uniformly among
+      TF's 16 ops plus a no-op default branch (1/17 each), torchvision's among its 14.
+    - Both always apply the picked op (TF draws a per-op probability in [0.2, 0.8] but never uses it).
+    """
+    return v2.RandAugment(
+        num_ops=num_ops, magnitude=magnitude, num_magnitude_bins=RANDAUGMENT_MAX_MAGNITUDE + 1,
+        fill=RANDAUGMENT_FILL,
+    )
 
 
 def _check_size(image_size: int) -> None:

@@ -78,7 +78,7 @@ def load_classifier(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str,
         raise CheckpointError(f"checkpoint {path} is not an exported classifier (missing {sorted(missing)})")
     config = Config.from_dict(payload["config"], source=str(path))
     encoder = build_encoder(config.model, width=config.width, stem=config.stem, image_size=payload["image_size"])
-    model = Classifier(encoder, payload["num_classes"])
+    model = Classifier(encoder, payload["num_classes"], normalize_embedding=config.normalize_embedding)
     model.load_state_dict(payload["classifier"])
     model.eval()
     metadata = {key: value for key, value in payload.items() if key != "classifier"}

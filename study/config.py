@@ -24,7 +24,13 @@ import yaml
 METHODS = ("supcon", "simclr", "ce")
 MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200")
 NAMED_DATASETS = ("digits", "cifar10", "cifar100")
-AUGMENTATIONS = ("crop_flip", "autoaugment", "randaugment", "simaugment", "stacked_randaugment")
+AUGMENTATIONS = (
+    "crop_flip", "pad_crop_flip", "simclr_augment", "autoaugment", "randaugment", "simaugment", "stacked_randaugment"
+)
+PROJECTION_HEADS = ("mlp", "linear")
+# TF RandAugment's level scale (google-research supcon/preprocessing -> autoaugment's _MAX_LEVEL = 10):
+# magnitude M maps to M / 10 of each op's maximum (ShearX 0.3, Rotate 30 degrees).
+RANDAUGMENT_MAX_MAGNITUDE = 10
 OPTIMIZERS = ("sgd", "rmsprop", "lars")
 SCHEDULES = ("cosine", "exponential", "step", "constant")
 STEMS = ("auto", "cifar", "imagenet")
@@ -48,10 +54,22 @@ class Config:
     download: bool = False  # torchvision datasets download only when asked
     image_size: int | None = None  # None: the dataset's native size (digits: 16)
     val_fraction: float = 0.1  # stratified hold-out from train, for model selection and tuning
+    # Stratified fraction of the (post-hold-out) training split used for training: Sec. 4.2's comparison of
+    # the losses on reduced training data. 1.0 uses all of it.
+    train_fraction: float = 1.0
     model: str = "resnet18"
     width: float = 0.25  # channel-width multiplier; 1.0 is the standard ResNet
     stem: str = "auto"  # auto picks "cifar" below 64 px, "imagenet" otherwise
     projection_dim: int = 128
+    # "mlp": Linear-ReLU-Linear (encoder width -> projection_dim), the authors' CIFAR head
+    # (supcon/scripts/supcon_cifar10_resnet50.sh: projection_head_layers="2048,128"); "linear": one Linear
+    # to projection_dim, the authors' ImageNet SupCon head (scripts/configs.sh SUPCON_FLAGS:
+    # projection_head_layers=128).
+    projection_head: Literal["mlp", "linear"] = "mlp"
+    # L2-normalise the encoder's pooled output before the projection and classification heads. Sec. 4:
+    # "the normalized activations of the final pooling layer are used as the representation"; the authors'
+    # flag normalize_embedding is True in SUPCON_FLAGS (ImageNet) and False in their CIFAR-10 script.
+    normalize_embedding: bool = False
     sync_batchnorm: bool = False
 
     # Contrastive stage (supcon/simclr) or the single cross-entropy stage (ce)
@@ -59,18 +77,23 @@ class Config:
     batch_size: int = 128  # global, over all workers
     augmentation: str = "crop_flip"
     randaugment_n: int = 2
-    randaugment_m: int = 9
+    randaugment_m: int = 9  # on the paper's TF scale 0..10 (RANDAUGMENT_MAX_MAGNITUDE), not torchvision's 0..30
     n_views: int = 2
     temperature: float = 0.1
     loss_variant: Literal["out", "in"] = "out"
     contrast_mode: Literal["all", "one"] = "all"
-    # The paper's TF code multiplies the loss by t, which shrinks gradients 1/t-fold (10x at t=0.1) and so
-    # calls for learning rates 10x larger; off by default to match the PyTorch CIFAR recipe's rates.
-    scale_by_temperature: bool = False
+    # Multiply the contrastive loss by t. Sec. 4.5: "the gradient scales inversely with choice of temperature
+    # t; therefore we rescale the loss by t during training for stability"; the authors' TF code does so
+    # (supcon/scripts/configs.sh SUPCON_FLAGS: --scale_by_temperature=True). Learning rates here follow the
+    # same TF convention (per 256 images, loss x t); see FIDELITY.md for the PyTorch reference's t/0.07.
+    scale_by_temperature: bool = True
     max_positives: int | None = None
     loss_chunk_size: int | None = None  # rows per block for very large global batches (bounded memory)
     optimizer: str = "sgd"
-    lr: float = 0.5  # per 256 images, scaled linearly with the global batch size
+    # Per 256 images, scaled linearly with the global batch (the TF code's base_learning_rate x batch/256,
+    # supcon/hparams_flags.py). 0.5: the authors' CIFAR-10 SupCon rate (SGD momentum, loss x t;
+    # supcon/scripts/supcon_cifar10_resnet50.sh --stage_1_base_learning_rate=0.5).
+    lr: float = 0.5
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
@@ -160,6 +183,7 @@ class Config:
             fail("dataset", " | ".join(NAMED_DATASETS) + " | imagefolder:PATH")
         choice("model", MODELS)
         choice("stem", STEMS)
+        choice("projection_head", PROJECTION_HEADS)
         choice("augmentation", AUGMENTATIONS)
         choice("linear_augmentation", AUGMENTATIONS)
         choice("optimizer", OPTIMIZERS)
@@ -182,6 +206,8 @@ class Config:
                 fail(name, "a finite number >= 0")
         if not 0 < self.val_fraction < 1:
             fail("val_fraction", "a number in (0, 1)")
+        if not 0 < self.train_fraction <= 1:
+            fail("train_fraction", "a number in (0, 1]")
         for name in ("batch_size", "linear_batch_size"):
             if getattr(self, name) < 2:
                 fail(name, "an integer >= 2")
@@ -195,8 +221,8 @@ class Config:
             fail("linear_epochs", f"an integer >= 1 for method {self.method!r} (its classifier is the linear stage)")
         if self.ce_two_stage and self.linear_epochs < 1:
             fail("linear_epochs", "an integer >= 1 when ce_two_stage is true")
-        if not 0 <= self.randaugment_m <= 30:
-            fail("randaugment_m", "an integer in 0..30")
+        if not 0 <= self.randaugment_m <= RANDAUGMENT_MAX_MAGNITUDE:
+            fail("randaugment_m", f"an integer in 0..{RANDAUGMENT_MAX_MAGNITUDE} (the paper's TF RandAugment scale)")
         if self.n_views < 2 and self.method != "ce":
             fail("n_views", "an integer >= 2 for contrastive methods")
         if self.n_views < 1:

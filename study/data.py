@@ -15,6 +15,7 @@ centre-crops), so that ImageNet-sized folders are never decoded or held in memor
 from __future__ import annotations
 
 import functools
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,25 +163,40 @@ def load_dataset(
     image_size: int | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
+    train_fraction: float = 1.0,
+    train_seed: int | None = None,
 ) -> DatasetSplits:
     """Load a named dataset (`DATASETS`) split into train / val / test.
 
     `root` is where torchvision datasets live (and are downloaded to when `download=True`); `imagefolder:PATH`
     reads PATH (relative to the working directory). `image_size=None` means the dataset's native size
     (digits 16, CIFAR 32, imagefolder 224). `val_fraction` of the training data is held out, stratified by
-    class, with `seed` choosing which images."""
+    class, with `seed` choosing which images. Of the rest, `train_fraction` is kept as the train split
+    (`stratified_subset`, with `train_seed`, default `seed`, choosing which images); val and test, and the
+    normalisation statistics, do not depend on it."""
     if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 8):
         raise ValueError(f"invalid image_size={image_size!r}; allowed: None or an integer >= 8")
     if not 0 < val_fraction < 1:
         raise ValueError(f"invalid val_fraction={val_fraction!r}; allowed: a number in (0, 1)")
+    _check_train_fraction(train_fraction)
     if name == "digits":
-        return _load_digits(image_size or NATIVE_IMAGE_SIZE["digits"], val_fraction, seed)
-    if name in _CIFAR_FOLDERS:
-        return _load_cifar(name, Path(root), download, image_size or NATIVE_IMAGE_SIZE[name], val_fraction, seed)
-    if name.startswith("imagefolder:") and len(name) > len("imagefolder:"):
+        splits = _load_digits(image_size or NATIVE_IMAGE_SIZE["digits"], val_fraction, seed)
+    elif name in _CIFAR_FOLDERS:
+        splits = _load_cifar(name, Path(root), download, image_size or NATIVE_IMAGE_SIZE[name], val_fraction, seed)
+    elif name.startswith("imagefolder:") and len(name) > len("imagefolder:"):
         path = Path(name[len("imagefolder:") :]).expanduser()
-        return _load_imagefolder(path, image_size or NATIVE_IMAGE_SIZE["imagefolder"], val_fraction, seed)
-    raise ValueError(f"unknown dataset {name!r}; allowed: {' | '.join(DATASETS)}")
+        splits = _load_imagefolder(path, image_size or NATIVE_IMAGE_SIZE["imagefolder"], val_fraction, seed)
+    else:
+        raise ValueError(f"unknown dataset {name!r}; allowed: {' | '.join(DATASETS)}")
+    if train_fraction < 1:
+        kept = stratified_subset(splits.train.targets, train_fraction, seed=seed if train_seed is None else train_seed)
+        splits.train = splits.train.subset(kept)
+    return splits
+
+
+def _check_train_fraction(fraction: float) -> None:
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
+        raise ValueError(f"invalid train_fraction={fraction!r}; allowed: a number in (0, 1]")
 
 
 def stratified_split(
@@ -211,6 +227,46 @@ def stratified_split(
     kept = np.ones(len(labels), dtype=bool)
     kept[held_out_indices] = False
     return np.flatnonzero(kept), held_out_indices
+
+
+def stratified_subset(labels: Sequence[int] | np.ndarray, fraction: float, *, seed: int) -> np.ndarray:
+    """The sorted indices of a stratified `fraction` of 0..N-1: max(round(fraction * N), number of classes)
+    of them. Every class keeps at least one image, and otherwise about `fraction` of its own (within one
+    image on balanced classes; the guaranteed first image of a class too small for one comes out of the
+    others' shares).
+
+    Subsets are nested: for one `seed` and labels, a smaller fraction's subset lies inside a larger one's.
+    Every image gets a place in one seeded order (`stratified_order`) and a subset is a prefix of it, so no
+    apportionment paradox can drop an image when the fraction grows (largest-remainder quotas, as in
+    `stratified_split`, could). `fraction` 1 gives all indices."""
+    _check_train_fraction(fraction)
+    labels = np.asarray(labels)
+    count = max(int(round(fraction * len(labels))), len(np.unique(labels)))
+    return np.sort(stratified_order(labels, seed=seed)[: min(count, len(labels))])
+
+
+def stratified_order(labels: Sequence[int] | np.ndarray, *, seed: int) -> np.ndarray:
+    """A seeded permutation of 0..N-1 whose every prefix is stratified: each class's images in a seeded random
+    order, the j-th of a class of n placed at (j + 1/2) / n along the whole order (its first at 0, so any
+    prefix of at least as many images as classes holds every class); ties in a seeded random class order.
+    This is the Sainte-Lague divisor method with every class's first seat up front; being one fixed order, it
+    never takes an image away as the prefix grows."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    class_rank = rng.permutation(len(classes))
+    positions, ranks, members_in_order = [], [], []
+    for c, rank in zip(classes, class_rank):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        quantiles = (np.arange(len(members)) + 0.5) / len(members)
+        quantiles[0] = 0.0
+        positions.append(quantiles)
+        ranks.append(np.full(len(members), rank))
+        members_in_order.append(members)
+    if not members_in_order:
+        return np.empty(0, np.int64)
+    order = np.lexsort((np.concatenate(ranks), np.concatenate(positions)))  # by position, then class rank
+    return np.concatenate(members_in_order)[order].astype(np.int64)
 
 
 def dataset_to_arrays(dataset: Dataset, image_size: int) -> tuple[np.ndarray, np.ndarray]:

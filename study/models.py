@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.config import MODELS, STEMS
+from study.config import MODELS, PROJECTION_HEADS, STEMS
 
 __all__ = [
     "MODELS",
+    "PROJECTION_HEADS",
     "STEMS",
     "BasicBlock",
     "Bottleneck",
@@ -36,6 +37,7 @@ __all__ = [
     "ContrastiveNetwork",
     "Classifier",
     "build_encoder",
+    "embedding",
     "resolve_stem",
     "scaled_channels",
 ]
@@ -219,44 +221,88 @@ def build_encoder(name: str, *, width: float = 1.0, stem: str = "auto", image_si
 
 
 class ProjectionHead(nn.Module):
-    """MLP (hidden = in_dim, ReLU) to out_dim; the output is L2-normalised, in float32 even under autocast."""
+    """Projection to out_dim; the output is L2-normalised, in float32 even under autocast.
 
-    def __init__(self, in_dim: int, out_dim: int = 128) -> None:
+    kind "mlp": Linear(in_dim, in_dim) - ReLU - Linear(in_dim, out_dim), the authors' CIFAR head
+    (supcon/scripts/supcon_cifar10_resnet50.sh: projection_head_layers="2048,128"). kind "linear": one
+    Linear(in_dim, out_dim) without a bias, the authors' ImageNet SupCon head (supcon/scripts/configs.sh
+    SUPCON_FLAGS: projection_head_layers=128); supcon/projection_head.py gives its last dense layer no bias
+    (`use_bias=not is_last_layer and not use_batch_norm`), and a one-layer head's only layer is its last."""
+
+    def __init__(self, in_dim: int, out_dim: int = 128, kind: str = "mlp") -> None:
         super().__init__()
         for label, value in (("in_dim", in_dim), ("out_dim", out_dim)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"invalid {label}={value!r}; allowed: an integer >= 1")
+        if kind not in PROJECTION_HEADS:
+            raise ValueError(f"invalid kind={kind!r}; allowed: {' | '.join(PROJECTION_HEADS)}")
         in_dim, out_dim = int(in_dim), int(out_dim)
         self.in_dim = in_dim
         self.out_dim = out_dim
-        self.mlp = nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True), nn.Linear(in_dim, out_dim))
+        self.kind = kind
+        # one attribute per kind, so an "mlp" head keeps the state-dict keys (mlp.0.*, mlp.2.*) of old checkpoints
+        if kind == "mlp":
+            self.mlp = nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True), nn.Linear(in_dim, out_dim))
+        else:
+            self.linear = nn.Linear(in_dim, out_dim, bias=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        projected = self.mlp(features) if self.kind == "mlp" else self.linear(features)
         # normalise in float32: under bf16 the unit norm, and the loss's logits z.z/t, would be coarse
-        return F.normalize(self.mlp(features).float(), dim=1)
+        return F.normalize(projected.float(), dim=1)
+
+
+def embedding(encoder: nn.Module, x: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    """The encoder's pooled output, L2-normalised (in float32) when `normalize`: what both heads take as input.
+
+    As the authors' ContrastiveModel.call (supcon/models.py): `normalized_embedding =
+    tf.nn.l2_normalize(embedding, axis=1)` on the encoder's output, fed to the projection head and to the
+    classification head when their normalize_*_input flags are set (both = the normalize_embedding flag,
+    supcon/hparams_flags.py). eps=1e-6 on the norm equals tf.nn.l2_normalize's default epsilon=1e-12 on the
+    squared norm."""
+    features = encoder(x)
+    return F.normalize(features.float(), dim=1, eps=1e-6) if normalize else features
+
+
+def _check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"invalid {name}={value!r}; allowed: true | false")
+    return value
 
 
 class ContrastiveNetwork(nn.Module):
-    """Encoder + projection head for the contrastive stage. forward(x) -> z [B, projection_dim], unit norm."""
+    """Encoder + projection head for the contrastive stage. forward(x) -> z [B, projection_dim], unit norm.
 
-    def __init__(self, encoder: nn.Module, projection_dim: int = 128) -> None:
+    `normalize_embedding` L2-normalises the encoder's output before the head (see `embedding`)."""
+
+    def __init__(self, encoder: nn.Module, projection_dim: int = 128, *, projection_head: str = "mlp",
+                 normalize_embedding: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = ProjectionHead(encoder.output_dim, projection_dim)
+        self.head = ProjectionHead(encoder.output_dim, projection_dim, kind=projection_head)
+        self.normalize_embedding = _check_flag("normalize_embedding", normalize_embedding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
+        return self.head(embedding(self.encoder, x, self.normalize_embedding))
 
 
 class Classifier(nn.Module):
-    """Encoder + linear layer. forward(x) -> logits [B, num_classes]."""
+    """Encoder + linear layer. forward(x) -> logits [B, num_classes].
 
-    def __init__(self, encoder: nn.Module, num_classes: int) -> None:
+    `normalize_embedding` L2-normalises the encoder's output before the linear layer (see `embedding`);
+    `features(x)` is that input, for training the linear layer alone on a frozen encoder."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, *, normalize_embedding: bool = False) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
             raise ValueError(f"invalid num_classes={num_classes!r}; allowed: an integer >= 1")
         self.encoder = encoder
         self.fc = nn.Linear(encoder.output_dim, int(num_classes))
+        self.normalize_embedding = _check_flag("normalize_embedding", normalize_embedding)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the linear layer sees: the encoder's output, normalised when `normalize_embedding`."""
+        return embedding(self.encoder, x, self.normalize_embedding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.encoder(x))
+        return self.fc(self.features(x))

@@ -12,10 +12,14 @@ Conventions, for every optimizer alike so that comparing optimizers varies only 
 The three update rules:
 
 - "sgd": `torch.optim.SGD` with momentum, optionally Nesterov.
-- "rmsprop": the paper's TF RMSProp (`tf.train.RMSPropOptimizer(lr, decay=0.9, momentum, epsilon=1.0)`
-  in google-research/supcon), via `timm.optim.RMSpropTF`: epsilon inside the square root, mean square
-  started at 1, learning rate inside the momentum buffer. With epsilon 1.0 the denominator is >= 1, so it
-  behaves like a damped momentum SGD, unlike torch's RMSprop (eps 1e-8 outside the root).
+- "rmsprop": the paper's TF RMSProp (`tf.train.RMSPropOptimizer(lr, decay=0.9, momentum, epsilon)` in
+  google-research supcon/utils.py `build_optimizer`), via `timm.optim.RMSpropTF`: epsilon inside the
+  square root, mean square started at 1, learning rate inside the momentum buffer. The authors use two
+  epsilons (supcon/hparams_flags.py): 1.0 for stage 1 (contrastive pre-training, or cross-entropy) and
+  0.001 for stage 2 (the linear classifier). With epsilon 1.0 the denominator is >= 1 and about 1 for
+  small gradients, so stage-1 RMSProp steps like momentum SGD and wants SGD-scale learning rates; with
+  0.001 it divides by the gradient RMS and wants rates ~100x smaller (the authors' ImageNet linear stage:
+  0.05 per 256, scripts/supcon_imagenet_resnet50.sh).
 - "lars": `timm.optim.Lars` (trust coefficient 0.001 as the paper's TF code, no clipping). timm applies
   the layer-wise trust ratio to a group when its weight decay is non-zero or `always_adapt` is set, so
   the weight group gets `always_adapt=True` (adapted even when weight_decay is 0) and the ndim <= 1
@@ -45,6 +49,7 @@ __all__ = [
     "LARS_TRUST_COEFFICIENT",
     "RMSPROP_DECAY",
     "RMSPROP_EPSILON",
+    "LINEAR_RMSPROP_EPSILON",
     "LRMultiplier",
     "build_optimizer",
     "build_scheduler",
@@ -53,7 +58,9 @@ __all__ = [
 ]
 
 RMSPROP_DECAY = 0.9  # running average of squared gradients (TF "decay", torch "alpha")
-RMSPROP_EPSILON = 1.0  # added inside the square root, as the paper's TF optimizer
+# Added inside the square root; supcon/hparams_flags.py stage_1_rmsprop_epsilon / stage_2_rmsprop_epsilon.
+RMSPROP_EPSILON = 1.0
+LINEAR_RMSPROP_EPSILON = 1e-3
 LARS_TRUST_COEFFICIENT = 1e-3  # eta of the paper's (and SimCLR's) LARS
 STEP_DECAY_FACTOR = 0.1
 
@@ -105,17 +112,20 @@ def build_optimizer(
     momentum: float = 0.9,
     nesterov: bool = False,
     weight_decay: float = 0.0,
+    rmsprop_epsilon: float = RMSPROP_EPSILON,
 ) -> torch.optim.Optimizer:
     """An optimizer by name (one of `OPTIMIZERS`) over the trainable parameters, `lr` already scaled.
 
     Weight decay skips biases and norm parameters; LARS also leaves them out of the trust-ratio adaptation.
-    `nesterov` is for "sgd" and "lars" and needs momentum > 0.
+    `nesterov` is for "sgd" and "lars" and needs momentum > 0. `rmsprop_epsilon` is RMSProp's epsilon:
+    `RMSPROP_EPSILON` for pre-training and cross-entropy, `LINEAR_RMSPROP_EPSILON` for the linear stage.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"invalid optimizer={name!r}; allowed: {' | '.join(OPTIMIZERS)}")
     _check_positive("lr", lr)
     _check_non_negative("momentum", momentum)
     _check_non_negative("weight_decay", weight_decay)
+    _check_positive("rmsprop_epsilon", rmsprop_epsilon)
     if nesterov and name == "rmsprop":
         raise ValueError("invalid nesterov=True for optimizer 'rmsprop'; allowed: nesterov only with sgd | lars")
     if nesterov and momentum == 0:
@@ -127,7 +137,7 @@ def build_optimizer(
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=bool(nesterov), weight_decay=weight_decay)
     if name == "rmsprop":
         return RMSpropTF(
-            groups, lr=lr, alpha=RMSPROP_DECAY, eps=RMSPROP_EPSILON, momentum=momentum, weight_decay=weight_decay
+            groups, lr=lr, alpha=RMSPROP_DECAY, eps=float(rmsprop_epsilon), momentum=momentum, weight_decay=weight_decay
         )
     # lars: adapt exactly the decayed group (see the module docstring for timm's rule)
     for group in groups:

@@ -37,7 +37,7 @@ from study.config import Config
 from study.data import DatasetSplits, MultiViewDataset, TransformedDataset, load_dataset
 from study.losses import supcon_loss
 from study.models import Classifier, ContrastiveNetwork, build_encoder
-from study.optim import build_optimizer, build_scheduler
+from study.optim import LINEAR_RMSPROP_EPSILON, build_optimizer, build_scheduler
 
 KNN_NEIGHBOURS = 20
 KNN_MAX_TRAIN = 10_000  # bank size cap for the kNN monitor: bounded cost on ImageNet-sized data
@@ -295,14 +295,25 @@ def _checkpoints_beside(folder: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------- the run
+def load_splits(config: Config) -> DatasetSplits:
+    """The run's data. The validation split is the same for every seed; the `train_fraction` subset of the
+    rest depends on the seed alone (not on the method or the worker), so the SupCon and CE runs of one seed
+    train on the same images, and a smaller fraction's images lie inside a larger one's."""
+    return load_dataset(config.dataset, root=config.data_root, download=config.download,
+                        image_size=config.image_size, val_fraction=config.val_fraction, seed=0,
+                        train_fraction=config.train_fraction, train_seed=config.seed)
+
+
 class _Networks:
     """The modules of a run. The encoder object is shared by the contrastive network and the classifier."""
 
     def __init__(self, config: Config, splits: DatasetSplits):
         encoder = build_encoder(config.model, width=config.width, stem=config.stem, image_size=splits.image_size)
         self.encoder = encoder
-        self.contrastive = ContrastiveNetwork(encoder, config.projection_dim) if config.is_contrastive else None
-        self.classifier = Classifier(encoder, splits.num_classes)
+        self.contrastive = ContrastiveNetwork(
+            encoder, config.projection_dim, projection_head=config.projection_head,
+            normalize_embedding=config.normalize_embedding) if config.is_contrastive else None
+        self.classifier = Classifier(encoder, splits.num_classes, normalize_embedding=config.normalize_embedding)
 
     def state_dict(self) -> dict[str, Any]:
         state = {"classifier": self.classifier.state_dict()}
@@ -330,8 +341,7 @@ def train(config: Config, context: RunContext, *, on_step: Callable[[int], None]
     faults). Returns a dict with `status` ("completed" or "diverged"), final val/test top-1/top-5 and, on
     rank 0, `checkpoint` (path of the exported `model.pt` inside the last reported checkpoint folder)."""
     seed_everything(config.seed + context.world_rank)
-    splits = load_dataset(config.dataset, root=config.data_root, download=config.download,
-                          image_size=config.image_size, val_fraction=config.val_fraction, seed=0)  # same split for every seed
+    splits = load_splits(config)
     networks = _Networks(config, splits)
     stages = stages_of(config)
     resume = load_resume_state(context)
@@ -418,7 +428,8 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
         networks.encoder.to(context.device).eval()
         trained = context.prepare_model(networks.classifier.fc)
         optimizer = build_optimizer(config.linear_optimizer, trained, lr=config.scaled_lr(config.linear_lr, global_batch),
-                                    momentum=config.linear_momentum, weight_decay=config.linear_weight_decay)
+                                    momentum=config.linear_momentum, weight_decay=config.linear_weight_decay,
+                                    rmsprop_epsilon=LINEAR_RMSPROP_EPSILON)
         schedule_name, warmup = config.linear_schedule, 0
     else:
         network = networks.contrastive if stage == "contrastive" else networks.classifier
@@ -451,7 +462,7 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
                                max_positives=config.max_positives, chunk_size=config.loss_chunk_size)
         if linear:
             with torch.no_grad(), _autocast(config, context.device):
-                features = networks.encoder(images)
+                features = networks.classifier.features(images)  # normalised when normalize_embedding
             with _autocast(config, context.device):
                 logits = trained(features.float())
         else:

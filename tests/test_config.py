@@ -30,7 +30,7 @@ BAD_VALUES = [
     ({"loader_workers": -1}, "loader_workers=-1", ">= 0"),
     ({"val_fraction": 1.5}, "val_fraction=1.5", "(0, 1)"),
     ({"max_positives": 0}, "max_positives=0", ">= 1"),
-    ({"randaugment_m": 31}, "randaugment_m=31", "0..30"),
+    ({"randaugment_m": 11}, "randaugment_m=11", "0..10"),
     ({"batch_size": 5, "num_workers": 2}, "batch_size=5", "multiple of num_workers"),
     ({"method": "supcon", "linear_epochs": 0}, "linear_epochs=0", ">= 1"),
     ({"optimizer": "rmsprop", "nesterov": True}, "nesterov=True", "rmsprop"),

@@ -20,6 +20,7 @@ from study.data import (
     dataset_to_arrays,
     load_dataset,
     stratified_split,
+    stratified_subset,
 )
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -121,6 +122,84 @@ def test_bad_arguments_are_rejected():
         load_dataset("digits", val_fraction=1.0)
     with pytest.raises(ValueError, match="image_size=0"):
         load_dataset("digits", image_size=0)
+
+
+# ---------------------------------------------------------------------------------------------- train_fraction
+def _image_set(dataset) -> set[bytes]:
+    return {image.tobytes() for image in dataset.images}
+
+
+def test_train_fraction_keeps_a_stratified_part_of_train_and_leaves_val_and_test(digits):
+    half = load_dataset("digits", train_fraction=0.5)
+    assert len(half.train) == round(0.5 * len(digits.train))
+    assert _image_set(half.train) <= _image_set(digits.train)
+    counts, full_counts = np.bincount(half.train.labels, minlength=10), np.bincount(digits.train.labels, minlength=10)
+    assert np.all(np.abs(counts - 0.5 * full_counts) <= 1), (counts, full_counts)
+    for kept, full in ((half.val, digits.val), (half.test, digits.test)):
+        assert np.array_equal(kept.images, full.images) and np.array_equal(kept.labels, full.labels)
+    assert half.mean == digits.mean and half.std == digits.std
+    tiny = load_dataset("digits", train_fraction=0.001)  # round(1.3) images, raised to one per class
+    assert sorted(tiny.train.labels.tolist()) == list(range(10))
+    assert load_dataset("digits", train_fraction=1.0).train.images.shape == digits.train.images.shape
+
+
+def test_train_fraction_subsets_are_seeded_and_nested(digits):
+    quarter = _image_set(load_dataset("digits", train_fraction=0.25, train_seed=3).train)
+    half = _image_set(load_dataset("digits", train_fraction=0.5, train_seed=3).train)
+    assert quarter < half  # nested across fractions for one seed
+    assert _image_set(load_dataset("digits", train_fraction=0.5, train_seed=3).train) == half
+    assert _image_set(load_dataset("digits", train_fraction=0.5, train_seed=4).train) != half
+    # train_seed defaults to the split seed
+    assert _image_set(load_dataset("digits", train_fraction=0.5, seed=3).train) == _image_set(
+        load_dataset("digits", train_fraction=0.5, seed=3, train_seed=3).train)
+
+
+def test_stratified_subset_is_nested_and_keeps_every_class():
+    labels = np.repeat(np.arange(7), [50, 3, 20, 2, 9, 1, 15])
+    previous = np.empty(0, np.int64)
+    for fraction in np.linspace(0.01, 1, 60):
+        subset = stratified_subset(labels, fraction, seed=5)
+        assert len(subset) == max(round(fraction * len(labels)), 7)
+        assert np.array_equal(subset, np.unique(subset))  # sorted, no repeats
+        assert set(labels[subset]) == set(labels)
+        assert np.isin(previous, subset).all()
+        previous = subset
+    assert np.array_equal(previous, np.arange(len(labels)))
+    balanced = np.repeat(np.arange(4), 25)
+    for fraction in (0.1, 0.33, 0.5, 0.9):
+        counts = np.bincount(balanced[stratified_subset(balanced, fraction, seed=0)], minlength=4)
+        assert np.all(np.abs(counts - 25 * fraction) <= 1), (fraction, counts)
+
+
+def test_supcon_and_ce_runs_of_one_seed_train_on_the_same_images():
+    from study.config import Config
+    from study.train import load_splits
+
+    def train_images(**values) -> set[bytes]:
+        return _image_set(load_splits(Config.from_dict({"dataset": "digits", "train_fraction": 0.3, **values})).train)
+
+    supcon = train_images(method="supcon", seed=2)
+    assert train_images(method="ce", seed=2) == supcon
+    assert train_images(method="simclr", seed=2, projection_head="linear", normalize_embedding=True) == supcon
+    assert train_images(method="ce", seed=7) != supcon  # another seed, another subset
+    assert len(supcon) == round(0.3 * len(load_dataset("digits").train))
+    val = load_splits(Config.from_dict({"dataset": "digits", "train_fraction": 0.3, "seed": 7})).val
+    assert np.array_equal(val.images, load_dataset("digits").val.images)  # val: the same for every seed
+
+
+@pytest.mark.parametrize(("value", "shown"), [(0, "0.0"), (-0.5, "-0.5"), (1.5, "1.5"), (float("nan"), "nan")])
+def test_bad_train_fraction_is_rejected_by_config_in_one_line(value, shown):
+    from study.config import Config, ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        Config.from_dict({"train_fraction": value})
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"invalid train_fraction={shown}; allowed: a number in (0, 1]" in message
+    with pytest.raises(ConfigError, match="train_fraction='half'.*expected float"):
+        Config.from_dict({"train_fraction": "half"})
+    with pytest.raises(ValueError, match=r"invalid train_fraction=.*allowed: a number in \(0, 1\]"):
+        load_dataset("digits", train_fraction=value)
 
 
 # ---------------------------------------------------------------------------------------------- wrappers

@@ -189,3 +189,95 @@ def test_bad_head_and_classifier_arguments_raise():
         ContrastiveNetwork(encoder, projection_dim=0)
     with pytest.raises(ValueError, match="in_dim=-1"):
         ProjectionHead(-1)
+
+
+# ---------------------------------------------------------------------------------------------- head options
+def test_linear_projection_head_is_one_bias_free_layer():
+    torch.manual_seed(0)
+    head = ProjectionHead(32, 8, kind="linear")
+    assert isinstance(head.linear, nn.Linear) and head.linear.bias is None  # the authors' last dense layer: no bias
+    assert not hasattr(head, "mlp")
+    assert count_parameters(head) == 32 * 8
+    assert set(head.state_dict()) == {"linear.weight"}
+    z = head(torch.randn(5, 32) * 10)
+    assert z.shape == (5, 8) and z.dtype == torch.float32
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(5))
+    network = ContrastiveNetwork(build_encoder("resnet18", width=TINY, image_size=16), projection_dim=16,
+                                 projection_head="linear")
+    assert count_parameters(network.head) == network.encoder.output_dim * 16
+    assert network(torch.randn(3, 3, 16, 16)).shape == (3, 16)
+
+
+def test_default_head_and_classifier_keep_their_state_dict_keys():
+    """Old checkpoints (written before projection_head / normalize_embedding) still load strictly."""
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet18", width=TINY, image_size=16)
+    network = ContrastiveNetwork(encoder, projection_dim=16)
+    assert network.head.kind == "mlp" and not network.normalize_embedding
+    head_keys = {key for key in network.state_dict() if key.startswith("head.")}
+    assert head_keys == {"head.mlp.0.weight", "head.mlp.0.bias", "head.mlp.2.weight", "head.mlp.2.bias"}
+    classifier = Classifier(encoder, 10)
+    assert not classifier.normalize_embedding
+    # the flags add no state: a normalising model loads a default one's weights and vice versa
+    ContrastiveNetwork(encoder, 16, normalize_embedding=True).load_state_dict(network.state_dict())
+    Classifier(encoder, 10, normalize_embedding=True).load_state_dict(classifier.state_dict())
+
+
+def _capture_inputs(module: nn.Module) -> list[torch.Tensor]:
+    seen: list[torch.Tensor] = []
+    module.register_forward_hook(lambda _module, inputs, _output: seen.append(inputs[0].detach()))
+    return seen
+
+
+def test_normalize_embedding_feeds_unit_norm_features_to_both_heads():
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet18", width=TINY, image_size=16).eval()
+    x = torch.randn(4, 3, 16, 16)
+    pooled = encoder(x).detach()
+    assert not torch.allclose(pooled.norm(dim=1), torch.ones(4))  # so normalising is not a no-op
+    for kind in ("mlp", "linear"):
+        plain = ContrastiveNetwork(encoder, 16, projection_head=kind)
+        normalized = ContrastiveNetwork(encoder, 16, projection_head=kind, normalize_embedding=True)
+        normalized.load_state_dict(plain.state_dict())
+        into_head = _capture_inputs(normalized.head.mlp[0] if kind == "mlp" else normalized.head.linear)
+        z = normalized(x)
+        torch.testing.assert_close(into_head[0], pooled / pooled.norm(dim=1, keepdim=True))
+        torch.testing.assert_close(z.norm(dim=1), torch.ones(4))
+        if kind == "mlp":  # the bias and ReLU make the head's output depend on its input's scale
+            assert not torch.allclose(z, plain(x), atol=1e-4)
+        else:  # a bias-free linear map followed by L2 normalisation is blind to its input's scale
+            torch.testing.assert_close(z, plain(x))
+
+    classifier = Classifier(encoder, 10)
+    normalizing = Classifier(encoder, 10, normalize_embedding=True)
+    normalizing.load_state_dict(classifier.state_dict())
+    into_fc = _capture_inputs(normalizing.fc)
+    logits = normalizing(x)
+    torch.testing.assert_close(into_fc[0].norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(normalizing.features(x), into_fc[0])
+    torch.testing.assert_close(logits, normalizing.fc(pooled / pooled.norm(dim=1, keepdim=True)))
+    assert not torch.allclose(logits, classifier(x))
+    torch.testing.assert_close(classifier.features(x), pooled)  # default: the raw pooled output
+    # the gradient reaches the encoder through the normalisation (the authors' stop-gradient is a training choice)
+    normalizing.train()
+    normalizing(x).sum().backward()
+    assert all(p.grad is not None for p in normalizing.parameters())
+
+
+def test_normalized_embedding_is_float32_under_autocast():
+    encoder = build_encoder("resnet18", width=TINY, image_size=16)
+    classifier = Classifier(encoder, 10, normalize_embedding=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = classifier.features(torch.randn(2, 3, 16, 16))
+    assert features.dtype == torch.float32
+    torch.testing.assert_close(features.norm(dim=1), torch.ones(2))
+
+
+def test_bad_head_kind_and_flag_raise():
+    encoder = build_encoder("resnet18", width=TINY, image_size=16)
+    with pytest.raises(ValueError, match="kind='conv'; allowed: mlp | linear"):
+        ProjectionHead(8, 4, kind="conv")
+    with pytest.raises(ValueError, match="kind='deep'"):
+        ContrastiveNetwork(encoder, 8, projection_head="deep")
+    with pytest.raises(ValueError, match="normalize_embedding='yes'"):
+        Classifier(encoder, 10, normalize_embedding="yes")

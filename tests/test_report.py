@@ -261,3 +261,17 @@ def test_html_opens_in_headless_chromium(full_report, tmp_path):
     run = _chromium(["--screenshot=" + str(screenshot), "--window-size=1200,2400", "--hide-scrollbars",
                      html_path.as_uri()], tmp_path)
     assert run.returncode == 0 and screenshot.stat().st_size > 10000, run.stderr[-2000:]
+
+
+def test_supcon_trailing_at_a_short_budget_is_explained(tmp_path):
+    """Issue 11: when SupCon trails cross-entropy after a few pre-training epochs, the report says why in one
+    sentence instead of leaving the reader to conclude that SupCon is worse."""
+    results = synthetic_results()
+    trailing = results.copy()
+    supcon = trailing["method"] == "supcon"
+    trailing.loc[supcon, ["test_top1", "val_top1"]] -= 10.0  # SupCon now below CE everywhere
+    _, md_path = build_report(write_study(tmp_path / "trailing", results=trailing), n_boot=200)
+    text = " ".join(md_path.read_text().split())
+    assert "2 epochs of contrastive pre-training here, against the paper's 1000" in text
+    _, md_path = build_report(write_study(tmp_path / "leading", results=results), n_boot=200)
+    assert "of contrastive pre-training here" not in md_path.read_text()

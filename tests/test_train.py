@@ -84,3 +84,31 @@ def test_non_finite_loss_ends_as_diverged(tmp_path):
     assert final["status"] == "diverged" and final["diverged_epoch"] == 1
     assert context.history[-1]["status"] == "diverged"
     assert "test_top1" not in final
+
+
+def test_normalized_embedding_linear_head_on_a_stratified_half(tmp_path):
+    """normalize_embedding, the linear projection head and train_fraction together, end to end."""
+    from study.augment import build_eval_transform
+    from study.data import TransformedDataset, load_dataset
+    from study.train import classifier_accuracy
+
+    config = tiny(method="supcon", normalize_embedding=True, projection_head="linear", train_fraction=0.5)
+    steps: list[int] = []
+    final = train(config, LocalContext(tmp_path), on_step=steps.append)
+    assert final["status"] == "completed" and 0 <= final["test_top1"] <= 100
+    half = round(0.5 * len(load_dataset("digits").train))
+    assert len(steps) == 2 * (half // 64)  # one contrastive and one linear epoch over half the images
+    state = safe_load(tmp_path / "checkpoints" / sorted(p.name for p in (tmp_path / "checkpoints").iterdir())[-1]
+                      / "state.pt")["networks"]
+    head = {key: value.shape for key, value in state["contrastive"].items() if key.startswith("head.")}
+    assert head == {"head.linear.weight": (128, 32)}  # one bias-free Linear, encoder width -> projection_dim
+    payload = safe_load(final["checkpoint"])
+    assert payload["config"]["normalize_embedding"] is True and payload["config"]["train_fraction"] == 0.5
+    # the exported model, as robustness evaluation loads it, normalises and gives the reported test numbers
+    model, _ = load_classifier(final["checkpoint"])
+    features = model.eval().features(torch.rand(3, 3, 16, 16))
+    torch.testing.assert_close(features.norm(dim=1), torch.ones(3))
+    splits = load_dataset("digits")
+    test_set = TransformedDataset(splits.test, build_eval_transform(image_size=16, mean=splits.mean, std=splits.std))
+    assert classifier_accuracy(model, test_set, config, LocalContext(tmp_path / "eval")) == (
+        final["test_top1"], final["test_top5"])
