@@ -22,12 +22,14 @@ TABLE2_TOP1: dict[str, dict[str, float]] = {
 # Contrastive pre-training epochs of the paper's results: 1000 on CIFAR (the authors' CIFAR-10 script,
 # google-research supcon/scripts/supcon_cifar10_resnet50.sh --stage_1_epochs=1000), 350 for ResNet-50 on
 # ImageNet (Sec. 4).
-PRETRAIN_EPOCHS = {"cifar10": 1000, "cifar100": 1000, "imagenet": 350}
+PRETRAIN_EPOCHS = {"CIFAR": 1000, "ImageNet": 350}
 
 
-def pretrain_epochs(dataset: str) -> int:
-    """The paper's contrastive pre-training epochs for a dataset name (ImageNet's for anything not CIFAR)."""
-    return PRETRAIN_EPOCHS.get(dataset, PRETRAIN_EPOCHS["imagenet"])
+def pretrain_epochs(dataset: str) -> tuple[int, str]:
+    """The paper's contrastive pre-training epochs for a dataset name and the dataset they were for
+    (CIFAR's for cifar10/cifar100, ImageNet's for anything else)."""
+    where = "CIFAR" if dataset.startswith("cifar") else "ImageNet"
+    return PRETRAIN_EPOCHS[where], where
 
 
 # Fig. 3 (left): ImageNet-C mCE and relative mCE, AlexNet = 100. Keys: (method, model); method None for

@@ -610,11 +610,11 @@ class _ReportBuilder:
         """Why SupCon can trail at a small budget: its encoder learns from a few epochs of contrastive
         pre-training only, where the paper pre-trains for hundreds."""
         epochs, dataset = self.info.get("epochs"), str(self.info.get("dataset", ""))
-        paper_epochs = paper.pretrain_epochs(dataset)
+        paper_epochs, where = paper.pretrain_epochs(dataset)
         if not isinstance(epochs, (int, float)) or epochs >= paper_epochs:
             return ""
         return (f"SupCon's encoder had {int(epochs)} epochs of contrastive pre-training here, against the "
-                f"paper's {paper_epochs}, and contrastive pre-training converges more slowly than "
+                f"paper's {paper_epochs} on {where}, and contrastive pre-training converges more slowly than "
                 f"cross-entropy, so a short budget favours cross-entropy.")
 
     def _overall_stability_reading(self) -> str:

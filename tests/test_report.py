@@ -272,6 +272,6 @@ def test_supcon_trailing_at_a_short_budget_is_explained(tmp_path):
     trailing.loc[supcon, ["test_top1", "val_top1"]] -= 10.0  # SupCon now below CE everywhere
     _, md_path = build_report(write_study(tmp_path / "trailing", results=trailing), n_boot=200)
     text = " ".join(md_path.read_text().split())
-    assert "2 epochs of contrastive pre-training here, against the paper's 1000" in text
+    assert "2 epochs of contrastive pre-training here, against the paper's 1000 on CIFAR" in text
     _, md_path = build_report(write_study(tmp_path / "leading", results=results), n_boot=200)
     assert "of contrastive pre-training here" not in md_path.read_text()
