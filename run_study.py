@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import typing
 from dataclasses import fields
@@ -79,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--optuna-storage", default=None, help="SQLAlchemy URL for search designs (default SQLite)")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted study")
     sweep.add_argument("--verbose", action="store_true", help="also print Ray Tune's own trial tables")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="print the planned trials, resources and concurrency; start nothing, write nothing")
+    sweep.add_argument("--format", choices=("text", "jsonl"), default=None,
+                       help="--dry-run output: aligned text (default) or one JSON object per trial")
     _add_ray_flags(sweep)
     _add_config_flags(sweep)
 
@@ -163,13 +168,116 @@ def sweep_options(args: argparse.Namespace):
 
 
 def command_sweep(args: argparse.Namespace) -> int:
-    from study.sweep import run_sweep
+    from study.sweep import plan, run_sweep
 
     overrides = {item.name: getattr(args, item.name) for item in fields(Config) if hasattr(args, item.name)}
+    if args.format is not None and not args.dry_run:
+        raise ConfigError(f"--format {args.format}: applies to --dry-run only")
     options = sweep_options(args)
+    if args.dry_run:
+        planned = plan(args.space, overrides, options)
+        if args.format == "jsonl":
+            for trial in planned.trials:
+                print(json.dumps(trial.to_json(), default=str))
+        else:
+            print("\n".join(plan_lines(planned)))
+        return 0
     study_dir = run_sweep(args.space, overrides, options)
     print(f"study folder: {study_dir}")
     return 0
+
+
+def _flags(overrides: dict) -> str:
+    """Config overrides as they read on the command line."""
+    words = []
+    for key, value in overrides.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        else:
+            words.append(f"{flag} {value}")
+    return " ".join(words) or "none"
+
+
+def _resources(resources: dict) -> str:
+    return ", ".join(f"{value:g} {key}{'s' if value != 1 else ''}" for key, value in resources.items())
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        text = repr(value)  # as trial names write it (1.0, 1e-06), unless it is long
+        return text if len(text) <= 8 else f"{value:.4g}"
+    return str(value)
+
+
+def _planned_value(trial) -> str:
+    """A plan line's value column: the varied value, a grid cell, or the searched distributions."""
+    if trial.family == "search":
+        parts = []
+        for name, spec in trial.value.items():
+            if spec["type"] == "categorical":
+                parts.append(f"{name} in {{{', '.join(map(_short, spec['choices']))}}}")
+            else:
+                scale = "log " if spec["log"] else ""
+                step = f" step {_short(spec['step'])}" if spec["step"] is not None else ""
+                parts.append(f"{name} {spec['type']} {scale}[{_short(spec['low'])}, {_short(spec['high'])}]{step}")
+        text = "; ".join(parts)
+    elif isinstance(trial.value, dict):
+        text = ", ".join(f"{key}={_short(value)}" for key, value in trial.value.items())
+    else:
+        text = "-" if trial.value is None and trial.family == "base" else _short(trial.value)
+    if trial.companions:
+        text += " (with " + ", ".join(f"{key}={_short(value)}" for key, value in trial.companions.items()) + ")"
+    return text
+
+
+def plan_lines(planned) -> list[str]:
+    """The text of `sweep --dry-run`: a header (space, design, trials, overrides, resources, concurrency) and
+    one aligned line per planned trial."""
+    space, options, trials = planned.space, planned.options, planned.trials
+    base = trials[0].config
+    staged = [method for method in space.methods
+              if any(t.config.has_linear_stage for t in trials if t.method == method)]
+    linear = (f" (+{base.linear_epochs} linear" + ("" if len(staged) == len(space.methods) else
+                                                   f" for {', '.join(staged)}") + ")") if staged else ""
+    exists = "exists; --resume continues it" if options.resume else "new; a dry run creates nothing"
+    workers = (f"{options.workers_per_trial} worker(s) x ({options.cpus_per_worker} CPU + {base.loader_workers} "
+               f"loader) + 1 driver CPU" if options.workers_per_trial > 1 else
+               f"trains in the trial process; {base.loader_workers} loader workers")
+    if planned.concurrency is not None:
+        concurrency = (f"{planned.concurrency} trials at a time on this machine ({_resources(planned.available)}"
+                       + (f", --max-concurrent {options.max_concurrent}" if options.max_concurrent else "") + ")")
+    else:
+        cap = f" (at most {options.max_concurrent}, --max-concurrent)" if options.max_concurrent else ""
+        concurrency = (f"not computed: --address {options.address} was not contacted; the sweep fits as many "
+                       f"trials as the cluster's resources allow{cap}")
+    if space.design == "search":
+        count = (f"{planned.num_trials} trials ({space.num_samples} Optuna samples x {len(space.methods)} methods, "
+                 f"seed {space.seeds[0]}, scheduler {space.scheduler})")
+    else:
+        count = (f"{planned.num_trials} trials (methods {', '.join(space.methods)}; "
+                 f"seeds {', '.join(map(str, space.seeds))})")
+    lines = [
+        f"dry run: space {space.name} ({space.label}), design {space.design}, {count}",
+        f"  overrides:   {_flags(planned.overrides)}",
+        f"  budget:      {base.dataset}, {base.model} (width {base.width:g}), {base.epochs} epochs{linear}, "
+        f"batch {base.batch_size}",
+        f"  per trial:   {_resources(planned.per_trial)} ({workers})",
+        f"  concurrency: {concurrency}",
+        f"  study:       {planned.study_dir} ({exists})",
+        "",
+    ]
+    header = ("#", "trial", "method", "seed", "family", "value")
+    rows = [header] + [(str(number), trial.trial if trial.family != "search" else f"{trial.trial} x{trial.samples}",
+                        trial.method, str(trial.seed), trial.family, _planned_value(trial))
+                       for number, trial in enumerate(trials, 1)]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    for row in rows:
+        cells = [row[0].rjust(widths[0])] + [cell.ljust(width) for cell, width in zip(row[1:], widths[1:])]
+        lines.append("  ".join(cells).rstrip())
+    if space.design == "search":
+        lines.append("(each sample replaces the searched fields of its method's config; the rest is as listed)")
+    return lines
 
 
 def command_collect(args: argparse.Namespace) -> int:
@@ -282,6 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -82,6 +82,21 @@ def max_concurrency(cluster: dict[str, float], per_trial: dict[str, float], requ
     return min(allowed, requested) if requested else allowed
 
 
+def checked_concurrency(available: dict[str, float], per_trial: dict[str, float], requested: int | None,
+                        where: str = "the cluster") -> int:
+    """`max_concurrency`, refusing (ConfigError) resources where not even one trial fits."""
+    concurrency = max_concurrency(available, per_trial, requested)
+    if concurrency < 1:
+        raise ConfigError(f"one trial needs {per_trial} but {where} has {available}; "
+                          "lower --workers-per-trial / --gpus-per-worker")
+    return concurrency
+
+
+def local_resources() -> dict[str, float]:
+    """What a local Ray runtime on this machine offers trials, computed without starting one."""
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
 # ----------------------------------------------------------------------------------------- trainable
 def run_trial(tune_config: dict[str, Any]) -> None:
     """The Tune function trainable of enumerated designs: one expanded trial spec."""
@@ -117,19 +132,182 @@ def _run_trial_with_torch_trainer(config: Config, options: dict[str, Any]) -> No
 
 
 # ----------------------------------------------------------------------------------------- running
+SEARCHED = "search"  # the `varied` column of a searched trial
+
+
+def varied_of(spec: TrialSpec | None) -> str:
+    """The results table's `varied` column of a trial: its spec's family ("base", the varied hyperparameter,
+    or "grid") for enumerated designs; SEARCHED for a searched trial (spec None)."""
+    return SEARCHED if spec is None else spec.varied
+
+
+def trial_overrides(overrides: dict[str, Any], options: SweepOptions) -> dict[str, Any]:
+    """The config overrides every trial of a sweep trains with: the command line's, plus how a trial runs."""
+    return {**overrides, "num_workers": options.workers_per_trial, "use_gpu": options.gpus_per_worker > 0}
+
+
 def prepare_trials(space: StudySpace, overrides: dict[str, Any], options: SweepOptions) -> list[TrialSpec]:
     """Expand and validate every trial before anything runs (errors name the space file and key)."""
-    trials = space.trials({**overrides, "num_workers": options.workers_per_trial,
-                           "use_gpu": options.gpus_per_worker > 0})
+    trials = space.trials(trial_overrides(overrides, options))
     if not trials:
         raise ConfigError(f"{space.path}: the space expands to no trials")
     return trials
+
+
+def _expand(space: StudySpace, overrides: dict[str, Any], options: SweepOptions) -> tuple[list[TrialSpec], Config]:
+    """The expanded trials (none for a search design) and the config that stands for them all (datasets,
+    loader workers)."""
+    if space.design == "search":
+        return [], space.config_for(space.methods[0], {}, space.seeds[0], {**overrides, "num_workers": 1})
+    trials = prepare_trials(space, overrides, options)
+    return trials, trials[0].config
+
+
+def _check_study_folder(study_dir: Path, options: SweepOptions) -> None:
+    if options.resume and not (study_dir / STUDY_FILE).is_file():
+        raise ConfigError(f"--resume: {study_dir} is not a study folder (no {STUDY_FILE}); run without --resume")
+    if not options.resume and (study_dir / STUDY_FILE).is_file():
+        raise ConfigError(f"study {study_dir} exists; pass --resume to continue it or --name to start another")
+
+
+def _is_local(address: str | None) -> bool:
+    return not address or address == "local"
+
+
+def _check_datasets(trials: list[TrialSpec], base: Config) -> None:
+    """Each distinct dataset of the trials, checked locally (on a cluster the data may live on the workers alone)."""
+    datasets = {(c.dataset, c.data_root, c.image_size, c.val_fraction, c.download): c
+                for c in [spec.config for spec in trials] or [base]}
+    for config in datasets.values():
+        check_dataset(config)
 
 
 def study_directory(space: StudySpace, overrides: dict[str, Any], options: SweepOptions) -> tuple[str, Path]:
     dataset = space.base_config(space.methods[0], overrides=overrides).dataset
     name = options.name or f"{space.name}-{dataset_slug(dataset)}"
     return name, Path(storage_uri(options.storage)) / name
+
+
+# ----------------------------------------------------------------------------------------- planning
+@dataclass(frozen=True)
+class PlannedTrial:
+    """One line of a sweep plan: a trial of an enumerated design, or one method of a search design.
+
+    `family` is what the results table's `varied` column will hold (`varied_of`). `value`: the varied value
+    (None for a base trial), a mapping for a grid cell, or, for a search, the searched distributions.
+    `companions`: fields set alongside the value. A search line stands for `samples` trials."""
+
+    trial: str
+    method: str
+    family: str
+    value: Any
+    seed: int
+    config: Config
+    companions: dict[str, Any]
+    samples: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        record = {"method": self.method, "family": self.family, "value": self.value, "seed": self.seed,
+                  "config": self.config.to_dict(), "trial": self.trial}
+        if self.family == SEARCHED:
+            record["samples"] = self.samples
+        return record
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What `run_sweep` would run with the same arguments, computed without Ray."""
+
+    space: StudySpace
+    overrides: dict[str, Any]
+    options: SweepOptions
+    study_name: str
+    study_dir: Path
+    trials: tuple[PlannedTrial, ...]
+    num_trials: int  # trials the sweep runs (a search line stands for several)
+    per_trial: dict[str, float]
+    available: dict[str, float] | None  # None: a cluster (--address), not contacted
+    concurrency: int | None  # None: it depends on the cluster's resources
+
+
+def plan(space_name: str, overrides: dict[str, Any] | None = None, options: SweepOptions = SweepOptions(),
+         available: dict[str, float] | None = None) -> SweepPlan:
+    """The trials, per-trial resources and concurrency `run_sweep(space_name, overrides, options)` would use,
+    after the same validation, without starting Ray or writing anything (--storage is only read).
+
+    Concurrency is computed for this machine (`local_resources()`, or `available`) when the sweep would
+    start a local runtime, and left out (None) for a cluster address, which is not contacted."""
+    overrides = dict(overrides or {})
+    space = load_space(space_name)
+    name, study_dir = study_directory(space, overrides, options)
+    _check_study_folder(study_dir, options)
+    specs, base = _expand(space, overrides, options)
+    if _is_local(options.address):
+        _check_datasets(specs, base)
+    _check_storage_read_only(options.storage)
+    if space.design == "search":
+        trials = tuple(_planned_search(space, method, overrides, options) for method in space.methods)
+        num_trials = space.num_samples * len(space.methods)
+    else:
+        trials = tuple(_planned_trial(spec) for spec in specs)
+        num_trials = len(trials)
+    per_trial = trial_resources(options, base.loader_workers)
+    concurrency = None
+    if _is_local(options.address):
+        available = local_resources() if available is None else available
+        concurrency = checked_concurrency(available, per_trial, options.max_concurrent, where="this machine")
+    else:
+        available = None
+    return SweepPlan(space=space, overrides=overrides, options=options, study_name=name, study_dir=study_dir,
+                     trials=trials, num_trials=num_trials, per_trial=per_trial, available=available,
+                     concurrency=concurrency)
+
+
+def _planned_trial(spec: TrialSpec) -> PlannedTrial:
+    family = varied_of(spec)
+    if family == "grid":
+        value: Any = dict(spec.hyperparameters)
+    elif family in spec.params:
+        value = spec.params[family]
+    else:  # the base combination
+        value = None
+    shown = set(value) if isinstance(value, dict) else {family}
+    companions = {key: item for key, item in spec.params.items() if key not in shown}
+    return PlannedTrial(trial=spec.trial_name, method=spec.method, family=family, value=value, seed=spec.seed,
+                        config=spec.config, companions=companions)
+
+
+def _planned_search(space: StudySpace, method: str, overrides: dict[str, Any], options: SweepOptions) -> PlannedTrial:
+    """A search design's line for one method: the fixed config its samples start from (as `_run_search` and
+    `_searched_trial` build it) and the distributions searched on top of it."""
+    config = space.config_for(method, {}, space.seeds[0], trial_overrides(overrides, options))
+    distributions = {}
+    for name, distribution in space.distributions.items():
+        if method not in distribution.methods:
+            continue
+        if distribution.type == "categorical":
+            distributions[name] = {"type": "categorical", "choices": list(distribution.choices)}
+        else:
+            distributions[name] = {"type": distribution.type, "low": distribution.low, "high": distribution.high,
+                                   "log": distribution.log, "step": distribution.step}
+    return PlannedTrial(trial=f"{method}-{SEARCHED}", method=method, family=varied_of(None), value=distributions,
+                        seed=space.seeds[0], config=config, companions={}, samples=space.num_samples)
+
+
+def _check_storage_read_only(storage: str) -> None:
+    """`check_storage` without its write probe: a storage that is a file, or a folder that cannot be written."""
+    if "://" in storage:
+        return
+    path = Path(storage).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--storage {storage!r} is a file; expected a folder (created if missing) or a URI")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--storage {storage!r}: {existing} is a file, so the folder cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--storage {storage!r} is not writable ({existing}: permission denied)")
 
 
 def run_sweep(space_name: str, overrides: dict[str, Any] | None = None,
@@ -140,36 +318,22 @@ def run_sweep(space_name: str, overrides: dict[str, Any] | None = None,
     overrides = dict(overrides or {})
     space = load_space(space_name)
     name, study_dir = study_directory(space, overrides, options)
-    if options.resume and not (study_dir / STUDY_FILE).is_file():
-        raise ConfigError(f"--resume: {study_dir} is not a study folder (no {STUDY_FILE}); run without --resume")
-    if not options.resume and (study_dir / STUDY_FILE).is_file():
-        raise ConfigError(f"study {study_dir} exists; pass --resume to continue it or --name to start another")
-    if space.design == "search":
-        base = space.config_for(space.methods[0], {}, space.seeds[0], {**overrides, "num_workers": 1})
-        trials: list[TrialSpec] = []
-    else:
-        trials = prepare_trials(space, overrides, options)
-        base = trials[0].config
+    _check_study_folder(study_dir, options)
+    trials, base = _expand(space, overrides, options)
     loader_workers = base.loader_workers
 
     # Every check that can fail runs before the first write: a bad address, dataset or storage leaves nothing.
     if options.address:
         check_address(options.address)
-    if not options.address or options.address == "local":  # on a cluster the data may live on the workers alone
-        datasets = {(c.dataset, c.data_root, c.image_size, c.val_fraction, c.download): c
-                    for c in [spec.config for spec in trials] or [base]}
-        for config in datasets.values():
-            check_dataset(config)
+    if _is_local(options.address):  # on a cluster the data may live on the workers alone
+        _check_datasets(trials, base)
     check_storage(options.storage)
     # CheckpointConfig(num_to_keep) makes Tune snapshot its state at every checkpoint, which resume relies
     # on; Tune warns about it each time trials checkpoint within 5 s of each other, as short epochs do.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     connect_ray(options.address)
     per_trial = trial_resources(options, loader_workers)
-    concurrency = max_concurrency(ray.cluster_resources(), per_trial, options.max_concurrent)
-    if concurrency < 1:
-        raise ConfigError(f"one trial needs {per_trial} but the cluster has {ray.cluster_resources()}; "
-                          "lower --workers-per-trial / --gpus-per-worker")
+    concurrency = checked_concurrency(ray.cluster_resources(), per_trial, options.max_concurrent)
     started = time.time()
     study_info = _read_json(study_dir / STUDY_FILE) if options.resume else {
         "space": space.name, "space_file": str(space.path.resolve()), "design": space.design, "dataset": base.dataset,
@@ -215,10 +379,7 @@ def _run_grid(trials: list[TrialSpec], options: SweepOptions, study_dir: Path, r
 
     trainable = tune.with_resources(_restoring_latest_available(run_trial), resources)
 
-    # Specs travel as JSON strings: Tune prints a trial's config at its start, and one line beats fifty.
-    specs = [json.dumps({"trial_name": spec.trial_name, "method": spec.method, "varied": spec.varied,
-                         "params": spec.hyperparameters, "seed": spec.seed, "config": spec.config.to_dict()})
-             for spec in trials]
+    specs = [_spec_json(spec) for spec in trials]
     experiment = study_dir / "tune"
     if options.resume and tune.Tuner.can_restore(str(experiment)):
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
@@ -231,6 +392,13 @@ def _run_grid(trials: list[TrialSpec], options: SweepOptions, study_dir: Path, r
             run_config=_tune_run_config(experiment, options, total=len(specs)),
         )
     _raise_if_interrupted(tuner.fit(), expected=len(specs))
+
+
+def _spec_json(spec: TrialSpec) -> str:
+    """An enumerated trial's spec as its Tune config carries it (and `_trial_row` reads it back). Specs travel
+    as JSON strings: Tune prints a trial's config at its start, and one line beats fifty."""
+    return json.dumps({"trial_name": spec.trial_name, "method": spec.method, "varied": varied_of(spec),
+                       "params": spec.hyperparameters, "seed": spec.seed, "config": spec.config.to_dict()})
 
 
 def _raise_if_interrupted(results, expected: int) -> None:
@@ -353,7 +521,7 @@ def _run_search(space: StudySpace, method: str, overrides: dict[str, Any], optio
         max_t = base.epochs + (base.linear_epochs if base.has_linear_stage else 0) + 1
         scheduler = ASHAScheduler(metric=space.metric, mode=space.mode, max_t=max_t,
                                   **space.scheduler_options)
-    fixed_overrides = {**overrides, "num_workers": options.workers_per_trial, "use_gpu": options.gpus_per_worker > 0}
+    fixed_overrides = trial_overrides(overrides, options)
     # The space travels as text: a trial may run on a node that cannot see the file, or from another folder.
     base_config = {"method": method, "space_file": str(space.path), "space_text": space.path.read_text(),
                    "overrides": fixed_overrides, "seed": space.seeds[0], "options": trial_options}
@@ -459,7 +627,7 @@ def _trial_row(trial, study: str, analysis) -> tuple[dict[str, Any], list[dict[s
     if spec is None:  # a searched trial
         fixed = trial.config["fixed"]
         params = {key: value for key, value in trial.config.items() if key != "fixed"}
-        spec = {"trial_name": trial.trial_id, "method": fixed["method"], "varied": "search", "params": params,
+        spec = {"trial_name": trial.trial_id, "method": fixed["method"], "varied": varied_of(None), "params": params,
                 "seed": fixed["seed"], "config": None}
     frame = analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame())
     last = trial.last_result or {}
