@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="robustness table path (default: STUDY/robustness.parquet or ./robustness.parquet)")
     robustness.add_argument("--batch-size", type=int, default=256)
     robustness.add_argument("--seed", type=int, default=0, help="seed of generated corruptions")
+    robustness.add_argument("--corruption-profile", default=None, metavar="cifar|imagenet",
+                            help="constants of generated corruptions: 'cifar' (the released CIFAR-10-C's) or "
+                                 "'imagenet' (ImageNet-C's); default by image size, cifar below 64 px")
     robustness.add_argument("--address", default=None, help="an existing Ray cluster (default: a local runtime)")
 
     report = commands.add_parser("report", help="write report.html and report.md for a study")
@@ -117,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     main_job = commands.add_parser("quickstart", help="the main job (what no arguments runs)")
     main_job.add_argument("--space", default="quick")
     main_job.add_argument("--corruptions", default=None, help=argparse.SUPPRESS)
+    main_job.add_argument("--corruption-profile", default=None, metavar="cifar|imagenet",
+                          help="constants of the generated corruptions (default by image size, cifar below 64 px)")
     _add_ray_flags(main_job)
     _add_config_flags(main_job)
     return parser
@@ -296,6 +301,10 @@ def command_robustness(args: argparse.Namespace) -> int:
     from study.robustness import load_corrupted, run_robustness, study_checkpoints
 
     corruptions = _corruption_list(args.corruptions)
+    profile = _corruption_profile(args.corruption_profile)
+    if profile is not None and args.corrupted is not None:
+        raise ConfigError(f"--corruption-profile {profile} applies to generated sets only; "
+                          f"--corrupted {args.corrupted} is used as it is")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}: expected an integer >= 1")
     if args.corrupted is not None and not args.corrupted.is_dir():
@@ -321,7 +330,8 @@ def command_robustness(args: argparse.Namespace) -> int:
     connect_ray(args.address)
     try:
         table = run_robustness(checkpoints, corrupted=args.corrupted, dataset=args.dataset, data_root=args.data_root,
-                               corruptions=corruptions, output=output, seed=args.seed, batch_size=args.batch_size)
+                               corruptions=corruptions, output=output, seed=args.seed, profile=profile,
+                               batch_size=args.batch_size)
     except ValueError as error:  # bad dataset/corrupted-set layouts, reported with their paths
         raise ConfigError(str(error).splitlines()[-1] if str(error) else repr(error)) from None
     print(f"robustness table: {output} ({len(table)} rows)")
@@ -339,6 +349,14 @@ def _corruption_list(value: str | None) -> list[str] | None:
         raise ConfigError(f"--corruptions {value!r}: unknown {unknown or 'empty list'}; "
                           f"allowed: {', '.join(ALL_CORRUPTIONS)}")
     return names
+
+
+def _corruption_profile(value: str | None) -> str | None:
+    from study.corruptions import PROFILES
+
+    if value is not None and value not in PROFILES:
+        raise ConfigError(f"--corruption-profile {value!r}: unknown profile; allowed: {', '.join(PROFILES)}")
+    return value
 
 
 def command_report(args: argparse.Namespace) -> int:
@@ -362,6 +380,7 @@ def command_quickstart(args: argparse.Namespace) -> int:
 
     overrides = {item.name: getattr(args, item.name) for item in fields(Config) if hasattr(args, item.name)}
     corruptions = _corruption_list(args.corruptions)
+    profile = _corruption_profile(args.corruption_profile)
     space = load_space(args.space)
     options = SweepOptions(storage=args.storage, address=args.address)
     _, study_dir = study_directory(space, overrides, options)
@@ -370,7 +389,8 @@ def command_quickstart(args: argparse.Namespace) -> int:
     study_dir = run_sweep(args.space, overrides, SweepOptions(storage=args.storage, address=args.address,
                                                               resume=resume))
     print("== 2/3 corruption robustness of every completed trial", flush=True)
-    run_robustness(study_checkpoints(study_dir), corruptions=corruptions, output=study_dir / "robustness.parquet")
+    run_robustness(study_checkpoints(study_dir), corruptions=corruptions, profile=profile,
+                   output=study_dir / "robustness.parquet")
     print("== 3/3 report", flush=True)
     html_path, markdown_path = build_report(study_dir)
     print(f"\nreport: {html_path}\n        {markdown_path}")

@@ -766,6 +766,7 @@ class _ReportBuilder:
             document.paragraph("No robustness table: corruption robustness was not evaluated for this study "
                                "(run `python run_study.py robustness --study DIR`, then rebuild the report).")
             return
+        document.paragraph(self._corrupted_set_sentence(robustness))
         if self.robustness_summary is None:
             document.paragraph("The robustness table is incomplete or invalid, so mCE cannot be computed yet; "
                                "see Problems and missing pieces.")
@@ -797,6 +798,38 @@ class _ReportBuilder:
                 plots.plot_mce(robustness, self.figure_dir, baseline=self.baseline, reference=reference),
                 "mCE and relative mCE per model (paper Fig. 3, left)", self._mce_reading()))
             document.table(self._mce_frame(), f"mCE table ({self.baseline_note})")
+
+    def _corrupted_set_sentence(self, robustness: pd.DataFrame) -> str:
+        """Which corruption profile made the corrupted set (the table's `profile` column, written by
+        study.robustness) and whether its numbers compare with the published CIFAR-10-C/100-C."""
+        if "profile" not in robustness.columns:
+            return ("Corrupted test set: the robustness table does not record its corruption profile (it was "
+                    "written before profiles were recorded). A set generated then used the ImageNet-C constants "
+                    "at every image size, harsher than the released CIFAR-10-C/100-C, so its numbers are not "
+                    "comparable with published CIFAR-10-C/100-C ones; a set given with --corrupted is whatever "
+                    "that set is.")
+        profiles = sorted({str(value) for value in robustness["profile"].dropna()})
+        if len(profiles) != 1:
+            return ("Corrupted test sets: the table mixes corruption profiles (" + ", ".join(profiles or ["none"])
+                    + "); rows of different profiles are not comparable with each other, and only `cifar`-profile "
+                    "rows compare with the published CIFAR-10-C/100-C.")
+        profile = profiles[0]
+        dataset = str(self.info.get("dataset", ""))
+        if profile == "cifar":
+            on_cifar = paper.dataset_key(dataset) in ("cifar10", "cifar100")
+            return ("Corrupted test set: generated with the `cifar` corruption profile, the per-severity constants "
+                    "of make_cifar_c.py (hendrycks/robustness), the script that made the released CIFAR-10-C and "
+                    "CIFAR-100-C; its errors and mCE are therefore comparable with published CIFAR-10-C/100-C "
+                    "numbers" + ("" if on_cifar else f" in strength, though the images are {dataset or 'not CIFAR'}'s")
+                    + " (same constants, our own random draws).")
+        if profile == "imagenet":
+            return ("Corrupted test set: generated with the `imagenet` corruption profile (the ImageNet-C "
+                    "constants), which is not comparable with the published CIFAR-10-C/100-C (made with the "
+                    "`cifar` profile; on small images the ImageNet-C constants are much harsher): compare it only "
+                    "with other `imagenet`-profile sets (`--corruption-profile cifar` generates a comparable one).")
+        return (f"Corrupted test set: given with --corrupted (profile `{profile}`: not generated here), so its "
+                "numbers are that set's; they compare with published CIFAR-10-C/100-C numbers only if it is the "
+                "released set itself.")
 
     def _corruption_reading(self) -> str:
         summary = self.robustness_summary

@@ -6,7 +6,8 @@ On disk:
   `<corruption>.npy` of shape (5*N, H, W, 3) uint8, severities 1-5 in blocks of N in test-set order, and
   `labels.npy` ((5*N,) as released, the test labels once per block; (N,) is accepted too). Sets generated
   here add `clean.npy` (the N source images, so evaluation needs no dataset) and `generation.json` (N, H, W,
-  seed and a fingerprint of the source, so a folder is reused only for the same images and seed).
+  seed, corruption profile and a fingerprint of the source, so a folder is reused only for the same images,
+  seed and profile; a record without a profile is from before profiles existed, i.e. `imagenet`).
 - ImageNet-C layout: `<root>/<corruption>/<severity>/<wnid>/*.JPEG`; labels follow ImageNet's class order
   (sorted wnids, as torchvision's ImageFolder), or a given `class_names` list. Its images were made by
   resizing to 256 and centre-cropping 224 before corrupting, so 224 x 224 images are used as they are (the
@@ -18,7 +19,9 @@ leaves only hidden `.<name>.npy.*.tmp` files, which no loader reads and the next
 its final name is complete, and is reused only when its header and size match.
 
 Evaluation: top-1 error and expected calibration error (15 equal-width confidence bins) per (corruption,
-severity), plus a clean row (corruption "clean", severity 0), one Ray task per checkpoint (a GPU each when
+severity), plus a clean row (corruption "clean", severity 0), and the corrupted set's corruption profile on
+every row (`cifar` or `imagenet` for sets generated here, `external` for any other folder, e.g. the released
+CIFAR-10-C; `study.corruptions` explains the profiles). One Ray task per checkpoint (a GPU each when
 the cluster has GPUs; bf16 autocast there). Corrupted sets are read by path inside the tasks, so on a
 multi-node cluster they must sit on a shared filesystem (or the same path on every node).
 """
@@ -41,7 +44,17 @@ import ray
 import torch
 
 from study.files import TEMPORARY_SUFFIX, atomic_write, fsync_folder, write_table
-from study.corruptions import ALL_CORRUPTIONS, CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES, check_images, corrupt
+from study.corruptions import (
+    ALL_CORRUPTIONS,
+    CIFAR_SOURCE,
+    CORRUPTIONS,
+    EXTRA_CORRUPTIONS,
+    SEVERITIES,
+    check_images,
+    check_profile,
+    corrupt,
+    default_profile,
+)
 
 __all__ = [
     "ECE_BINS",
@@ -54,6 +67,7 @@ __all__ = [
     "ImageFileArray",
     "generate_corrupted_set",
     "corrupted_set_for_dataset",
+    "corrupted_set_profile",
     "evaluate_checkpoints",
     "study_checkpoints",
     "run_robustness",
@@ -65,7 +79,9 @@ LABELS_FILE = "labels.npy"
 CLEAN_FILE = "clean.npy"
 GENERATION_FILE = "generation.json"
 ROBUSTNESS_FILE = "robustness.parquet"
-ROBUSTNESS_COLUMNS = ("model", "method", "corruption", "severity", "error", "ece", "n")
+ROBUSTNESS_COLUMNS = ("model", "method", "corruption", "severity", "error", "ece", "n", "profile")
+EXTERNAL_PROFILE = "external"  # the profile column for corrupted sets not generated here (no generation.json)
+LEGACY_PROFILE = "imagenet"  # the profile of sets generated before generation.json recorded one
 IMAGENET_C_SIZE = 224  # ImageNet-C images are stored at the size models see
 _IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 _CHUNK_BYTES = 64 * 2**20  # generation: at most this much image data per task
@@ -368,6 +384,7 @@ def generate_corrupted_set(
     *,
     corruptions: Sequence[str] | None = None,
     seed: int = 0,
+    profile: str | None = None,
     progress: bool = True,
     chunk_size: int | None = None,
 ) -> Path:
@@ -377,9 +394,11 @@ def generate_corrupted_set(
         images: uint8 [N, H, W, 3], the clean test images in test-set order.
         labels: int [N].
         out_dir: the folder; created if needed. Files already there and complete are reused when the folder
-            was generated from the same images with the same seed (else ValueError).
+            was generated from the same images with the same seed and profile (else ValueError).
         corruptions: default all 19 (15 benchmark + 4 held out, as the released CIFAR-10-C).
         seed: passed to `study.corruptions.corrupt`, which seeds every image separately.
+        profile: the corruption constants, "cifar" (the released CIFAR-10-C's) or "imagenet"; None: by image
+            size (`study.corruptions.default_profile`: `cifar` below 64 px).
         progress: show a progress bar (tqdm, or a printed line per corruption without it).
         chunk_size: images per task (default: at most 2048 and 64 MiB).
 
@@ -391,13 +410,15 @@ def generate_corrupted_set(
         raise ValueError(f"labels must be integers [{len(images)}], got {labels.dtype} {labels.shape}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"invalid seed={seed!r}; allowed: an integer >= 0")
+    check_profile(profile)
     names = list(ALL_CORRUPTIONS) if corruptions is None else _requested(corruptions, lambda _: False)
     n, height, width = images.shape[:3]
     if n == 0:
         raise ValueError("no images to corrupt (N = 0)")
+    profile = profile or default_profile(height, width)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _adopt_folder(out_dir, images, labels, seed)
+    _adopt_folder(out_dir, images, labels, seed, profile)
     _remove_stale_temporaries(out_dir)
 
     shape = (5 * n, height, width, 3)
@@ -405,11 +426,11 @@ def generate_corrupted_set(
     if todo:
         if chunk_size is None:
             chunk_size = max(1, min(n, _CHUNK_IMAGES, _CHUNK_BYTES // (height * width * 3)))
-        _run_generation(images, out_dir, todo, seed, shape, chunk_size, progress)
+        _run_generation(images, out_dir, todo, seed, profile, shape, chunk_size, progress)
     return out_dir
 
 
-def _adopt_folder(out_dir: Path, images: np.ndarray, labels: np.ndarray, seed: int) -> None:
+def _adopt_folder(out_dir: Path, images: np.ndarray, labels: np.ndarray, seed: int, profile: str) -> None:
     """Record (or check) what the folder is generated from; write labels.npy and clean.npy."""
     n, height, width = images.shape[:3]
     fingerprint = hashlib.sha256()
@@ -423,6 +444,8 @@ def _adopt_folder(out_dir: Path, images: np.ndarray, labels: np.ndarray, seed: i
         "height": int(height),
         "width": int(width),
         "seed": int(seed),
+        "profile": profile,
+        "constants": CIFAR_SOURCE if profile == "cifar" else "ImageNet-C (imagecorruptions)",
         "severities": list(SEVERITIES),
         "source_sha256": fingerprint.hexdigest(),
         "library": f"imagecorruptions-imaug {version('imagecorruptions-imaug')}",
@@ -433,12 +456,15 @@ def _adopt_folder(out_dir: Path, images: np.ndarray, labels: np.ndarray, seed: i
             existing = json.loads(record_path.read_text())
         except (OSError, ValueError) as error:
             raise ValueError(f"{record_path} is unreadable ({error}); delete the folder or choose another") from None
-        keys = ("n", "height", "width", "seed", "source_sha256")
+        existing.setdefault("profile", LEGACY_PROFILE)
+        keys = ("n", "height", "width", "seed", "profile", "source_sha256")
         differing = [key for key in keys if existing.get(key) != record[key]]
         if differing:
+            profiles = (f"; its profile is {existing['profile']!r}, this request's {profile!r}"
+                        if "profile" in differing else "")
             raise ValueError(
-                f"{out_dir} holds a corrupted set generated from other images or another seed (differs in "
-                f"{differing}); choose another folder or delete it"
+                f"{out_dir} holds a corrupted set generated from other images or another seed or corruption "
+                f"profile (differs in {differing}{profiles}); choose another folder or delete it"
             )
     elif any(out_dir.glob("*.npy")):
         raise ValueError(f"{out_dir} holds .npy files but no {GENERATION_FILE}; refusing to mix sets, choose another folder")
@@ -473,12 +499,21 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
 
 
 @ray.remote(num_cpus=1)
-def _corrupt_chunk(images: np.ndarray, name: str, severity: int, seed: int, start: int, stop: int) -> np.ndarray:
-    return corrupt(images[start:stop], name, severity, seed=seed, start_index=start)
+def _corrupt_chunk(
+    images: np.ndarray, name: str, severity: int, seed: int, profile: str, start: int, stop: int
+) -> np.ndarray:
+    return corrupt(images[start:stop], name, severity, seed=seed, profile=profile, start_index=start)
 
 
 def _run_generation(
-    images: np.ndarray, out_dir: Path, names: list[str], seed: int, shape: tuple[int, ...], chunk: int, progress: bool
+    images: np.ndarray,
+    out_dir: Path,
+    names: list[str],
+    seed: int,
+    profile: str,
+    shape: tuple[int, ...],
+    chunk: int,
+    progress: bool,
 ) -> None:
     n = images.shape[0]
     jobs = [(name, severity, start, min(start + chunk, n)) for name in names for severity in SEVERITIES for start in range(0, n, chunk)]
@@ -489,12 +524,12 @@ def _run_generation(
     writers: dict[str, _NpyWriter] = {}
     pending: dict[ray.ObjectRef, tuple[str, int, int, int]] = {}
     next_job = 0
-    bar = _Progress(len(jobs), f"corrupting {n} images x {len(names)} corruptions x 5 severities", progress)
+    bar = _Progress(len(jobs), f"corrupting {n} images x {len(names)} corruptions x 5 severities ({profile} profile)", progress)
     try:
         while next_job < len(jobs) or pending:
             while next_job < len(jobs) and len(pending) < window:
                 name, severity, start, stop = jobs[next_job]
-                pending[_corrupt_chunk.remote(images_ref, name, severity, seed, start, stop)] = jobs[next_job]
+                pending[_corrupt_chunk.remote(images_ref, name, severity, seed, profile, start, stop)] = jobs[next_job]
                 next_job += 1
             [ready], _ = ray.wait(list(pending), num_returns=1)
             name, severity, start, stop = pending.pop(ready)
@@ -553,21 +588,27 @@ def corrupted_set_for_dataset(
     out_dir: str | os.PathLike | None = None,
     corruptions: Sequence[str] | None = None,
     seed: int = 0,
+    profile: str | None = None,
     download: bool = False,
     progress: bool = True,
 ) -> Path:
     """Generate (or reuse) the corrupted copy of a dataset's test split; returns its folder.
 
-    The default folder is `<data_root>/corrupted/<dataset>-<size>px-seed<seed>`. `image_size` None is the
-    dataset's native size (the size its models see by default)."""
+    The default folder is `<data_root>/corrupted/<dataset>-<size>px-<profile>-seed<seed>`, so sets of
+    different corruption profiles never share a folder. `image_size` None is the dataset's native size (the
+    size its models see by default); `profile` None is by that size (`cifar` below 64 px)."""
     from study.data import dataset_to_arrays, load_dataset
 
+    check_profile(profile)
     splits = load_dataset(dataset, root=data_root, download=download, image_size=image_size)
     images, labels = dataset_to_arrays(splits.test, splits.image_size)
+    profile = profile or default_profile(splits.image_size, splits.image_size)
     if out_dir is None:
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in dataset).strip("_")
-        out_dir = Path(data_root) / "corrupted" / f"{safe}-{splits.image_size}px-seed{seed}"
-    return generate_corrupted_set(images, labels, out_dir, corruptions=corruptions, seed=seed, progress=progress)
+        out_dir = Path(data_root) / "corrupted" / f"{safe}-{splits.image_size}px-{profile}-seed{seed}"
+    return generate_corrupted_set(
+        images, labels, out_dir, corruptions=corruptions, seed=seed, profile=profile, progress=progress
+    )
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -601,7 +642,7 @@ def evaluate_checkpoints(
 
     Returns:
         A DataFrame with `ROBUSTNESS_COLUMNS`: model, method, corruption ("clean" for clean data),
-        severity (0 for clean), error and ece (fractions), n.
+        severity (0 for clean), error and ece (fractions), n, and profile (`corrupted_set_profile`).
     """
     named = {model_id: path.resolve() for model_id, path in _named_checkpoints(checkpoints).items()}
     corrupted = Path(corrupted).resolve()  # tasks may run in another working directory
@@ -634,11 +675,28 @@ def evaluate_checkpoints(
         raise
     finally:
         bar.close()
-    table = pd.DataFrame([row for model_id in named for row in rows[model_id]], columns=list(ROBUSTNESS_COLUMNS))
+    profile = corrupted_set_profile(corrupted)
+    table = pd.DataFrame(
+        [{**row, "profile": profile} for model_id in named for row in rows[model_id]], columns=list(ROBUSTNESS_COLUMNS)
+    )
     table = table.astype({"severity": "int64", "n": "int64", "error": "float64", "ece": "float64"})
     if output is not None:
         write_robustness_table(table, output)
     return table
+
+
+def corrupted_set_profile(folder: str | os.PathLike) -> str:
+    """The corruption profile of a corrupted-set folder: its generation.json's (`cifar` or `imagenet`;
+    `imagenet` for records older than profiles), or `external` for a folder not generated here (released
+    CIFAR-10-C/100-C, ImageNet-C, or anything else)."""
+    record_path = Path(folder) / GENERATION_FILE
+    if not record_path.is_file():
+        return EXTERNAL_PROFILE
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{record_path} is unreadable ({error})") from None
+    return str(record.get("profile", LEGACY_PROFILE))
 
 
 @ray.remote
@@ -768,13 +826,17 @@ def run_robustness(
     corruptions: Sequence[str] | None = None,
     output: str | os.PathLike | None = None,
     seed: int = 0,
+    profile: str | None = None,
     batch_size: int = 256,
     progress: bool = True,
 ) -> pd.DataFrame:
     """What `run_study.py robustness` does: evaluate checkpoints on `corrupted` (a CIFAR-C or ImageNet-C
     folder), or, without it, on a corrupted copy of `dataset`'s test split generated (or reused) under
-    `<data_root>/corrupted/` at the checkpoints' image size. `dataset` and `data_root` default to the first
-    checkpoint's config."""
+    `<data_root>/corrupted/` at the checkpoints' image size, with corruption `profile` ("cifar" or
+    "imagenet"; None: by that size). `dataset` and `data_root` default to the first checkpoint's config."""
+    check_profile(profile)
+    if corrupted is not None and profile is not None:
+        raise ValueError(f"profile={profile!r} applies to generated sets only; {corrupted} is used as it is")
     named = _named_checkpoints(checkpoints)
     if corrupted is None:
         from study.checkpoint import safe_load
@@ -788,6 +850,7 @@ def run_robustness(
             image_size=int(payload["image_size"]),
             corruptions=corruptions,
             seed=seed,
+            profile=profile,
             progress=progress,
         )
     return evaluate_checkpoints(

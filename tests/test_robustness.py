@@ -3,6 +3,7 @@ the robustness table), with tiny images and models."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from torch import nn
 from study.corruptions import corrupt
 from study.robustness import (
     ROBUSTNESS_COLUMNS,
+    corrupted_set_for_dataset,
     evaluate_checkpoints,
     evaluate_model,
     expected_calibration_error,
@@ -302,6 +304,7 @@ def test_evaluate_checkpoints_writes_the_robustness_table(ray_session, tmp_path)
     )
 
     assert list(table.columns) == list(ROBUSTNESS_COLUMNS)
+    assert set(table["profile"]) == {"cifar"}  # generated from 16-px images: the `cifar` profile by default
     assert len(table) == 2 * (1 + 2 * 5)
     assert dict(table.groupby("model")["method"].first()) == {"trial_ce": "ce", "trial_supcon": "supcon"}
     clean = table[table["corruption"] == "clean"]
@@ -333,6 +336,7 @@ def test_clean_rows_come_from_the_checkpoints_dataset_without_clean_npy(ray_sess
     table = evaluate_checkpoints([checkpoint], corrupted=tmp_path / "released", corruptions=["fog"], progress=False)
     digits_test = len(load_dataset("digits").test)
     assert table.loc[table["corruption"] == "clean", "n"].tolist() == [digits_test]
+    assert set(table["profile"]) == {"external"}  # not generated here: its profile is unknown
     assert set(table.loc[table["corruption"] == "fog", "n"]) == {4}
     no_clean = evaluate_checkpoints([checkpoint], corrupted=tmp_path / "released", corruptions=["fog"], clean=False, progress=False)
     assert "clean" not in set(no_clean["corruption"])
@@ -345,8 +349,10 @@ def test_run_robustness_generates_the_datasets_corrupted_copy_then_evaluates(ray
     table = run_robustness(
         {"t0": checkpoint}, data_root=tmp_path / "data", corruptions=["contrast"], output=tmp_path / "r.parquet", progress=False
     )
-    generated = tmp_path / "data" / "corrupted" / "digits-16px-seed0"
+    generated = tmp_path / "data" / "corrupted" / "digits-16px-cifar-seed0"  # the profile is part of the key
     assert (generated / "contrast.npy").is_file() and (generated / "clean.npy").is_file()
+    assert json.loads((generated / "generation.json").read_text())["profile"] == "cifar"
+    assert set(table["profile"]) == {"cifar"}
     assert sorted(set(zip(table["corruption"], table["severity"]))) == [("clean", 0)] + [("contrast", s) for s in range(1, 6)]
     assert table["model"].unique().tolist() == ["t0"] and (tmp_path / "r.csv").is_file()
 
@@ -365,3 +371,77 @@ def test_study_checkpoints_lists_completed_trials_with_a_classifier(tmp_path):
     assert study_checkpoints(tmp_path) == {"t1": tmp_path / "t1" / "model.pt", "t4": tmp_path / "t4" / "model.pt"}
     with pytest.raises(ValueError, match="results.parquet is missing"):
         study_checkpoints(tmp_path / "t1")
+
+
+# ------------------------------------------------------------------------------------------ corruption profiles
+def test_a_cached_imagenet_profile_set_is_not_reused_for_a_cifar_request(ray_session, tmp_path):
+    images, labels = tiny_images(5)
+    out = generate_corrupted_set(images, labels, tmp_path / "set", corruptions=["contrast"], profile="imagenet", progress=False)
+    record = json.loads((out / "generation.json").read_text())
+    assert record["profile"] == "imagenet"
+    np.testing.assert_array_equal(load_cifar_c(out, ["contrast"])[("contrast", 2)][0], corrupt(images, "contrast", 2, profile="imagenet"))
+    with pytest.raises(ValueError, match="its profile is 'imagenet', this request's 'cifar'"):
+        generate_corrupted_set(images, labels, out, corruptions=["contrast"], profile="cifar", progress=False)
+    with pytest.raises(ValueError, match="its profile is 'imagenet', this request's 'cifar'"):  # None: by size, cifar
+        generate_corrupted_set(images, labels, out, corruptions=["contrast"], progress=False)
+
+    # A folder generated before profiles were recorded holds ImageNet-C constants: reused only for `imagenet`.
+    del record["profile"]
+    (out / "generation.json").write_text(json.dumps(record))
+    before = (out / "contrast.npy").stat().st_mtime_ns
+    generate_corrupted_set(images, labels, out, corruptions=["contrast"], profile="imagenet", progress=False)
+    assert (out / "contrast.npy").stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="differs in \\['profile'\\]"):
+        generate_corrupted_set(images, labels, out, corruptions=["contrast"], profile="cifar", progress=False)
+
+    # The dataset cache: one folder per profile, `<dataset>-<size>px-<profile>-seed<seed>`.
+    cached = corrupted_set_for_dataset("digits", data_root=tmp_path / "data", corruptions=["contrast"], profile="imagenet", progress=False)
+    fresh = corrupted_set_for_dataset("digits", data_root=tmp_path / "data", corruptions=["contrast"], progress=False)
+    assert (cached.name, fresh.name) == ("digits-16px-imagenet-seed0", "digits-16px-cifar-seed0")
+    clean = np.load(fresh / "clean.npy")
+    np.testing.assert_array_equal(np.load(fresh / "contrast.npy")[: len(clean)], corrupt(clean, "contrast", 1, profile="cifar"))
+    with pytest.raises(ValueError, match="unknown corruption profile 'tiny'; allowed: cifar, imagenet"):
+        corrupted_set_for_dataset("digits", data_root=tmp_path / "data", profile="tiny", progress=False)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["robustness", "--checkpoint", "a/model.pt", "--corruption-profile", "tiny"],
+         "--corruption-profile 'tiny': unknown profile; allowed: cifar, imagenet"),
+        (["quickstart", "--corruption-profile", "CIFAR"], "--corruption-profile 'CIFAR': unknown profile; allowed: cifar, imagenet"),
+        (["robustness", "--checkpoint", "a/model.pt", "--corrupted", ".", "--corruption-profile", "cifar"],
+         "--corruption-profile cifar applies to generated sets only; --corrupted . is used as it is"),
+    ],
+)
+def test_the_corruption_profile_flag_is_validated_before_anything_runs(capsys, tmp_path, monkeypatch, argv, message):
+    import run_study
+
+    monkeypatch.chdir(tmp_path)
+    assert run_study.main([*argv, *(["--storage", str(tmp_path / "runs")] if argv[0] == "quickstart" else [])]) == 2
+    error = capsys.readouterr().err
+    assert error == f"error: {message}\n"
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("profile", ["cifar", "imagenet", None])
+def test_the_report_says_which_profile_made_the_set_and_whether_it_compares(tmp_path, profile):
+    """The robustness table's profile column reaches the report; tables written before it (no column) are
+    still read, and said to be of unknown profile."""
+    from analysis.report import build_report
+    from test_plots import synthetic_robustness
+    from test_report import write_study
+
+    table = synthetic_robustness()
+    if profile is not None:
+        table["profile"] = profile
+    text = " ".join(build_report(write_study(tmp_path / "study", robustness=table), n_boot=100)[1].read_text().split())
+    expected = {
+        "cifar": "generated with the `cifar` corruption profile, the per-severity constants of make_cifar_c.py",
+        "imagenet": "generated with the `imagenet` corruption profile (the ImageNet-C constants), which is not comparable "
+                    "with the published CIFAR-10-C/100-C",
+        None: "the robustness table does not record its corruption profile",
+    }[profile]
+    assert expected in text
+    assert ("comparable with published CIFAR-10-C/100-C numbers" in text) == (profile == "cifar")
+    assert "mCE table" in text  # the old table (no profile column) is read as before
