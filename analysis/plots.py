@@ -19,6 +19,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis import paper  # noqa: E402
+from analysis import robustness as robustness_metrics  # noqa: E402
+from study.tables import CORRUPTION_GROUPS  # noqa: E402
 from analysis.stability import (  # noqa: E402
     BASE, format_value, hyperparameter_importance, method_name, stability_trials,
 )
@@ -316,20 +318,9 @@ def plot_importance(importance: pd.DataFrame, out_dir: str | os.PathLike, *,
 
 
 # ------------------------------------------------------------------------------------- robustness
-def _robustness_module():
-    """analysis.robustness (the robustness issue's metrics), or None until it exists."""
-    try:
-        from analysis import robustness
-    except ImportError:
-        return None
-    return robustness
-
-
 def corruption_groups() -> dict[str, tuple[str, ...]]:
-    """The four corruption families: analysis.robustness's when it defines them, else the benchmark's."""
-    module = _robustness_module()
-    groups = getattr(module, "CORRUPTION_GROUPS", None) if module is not None else None
-    return dict(groups) if groups else dict(paper.IMAGENET_C_GROUPS)
+    """The four corruption families of the benchmark (the schema's)."""
+    return dict(CORRUPTION_GROUPS)
 
 
 def _model_methods(robustness: pd.DataFrame) -> dict[str, str]:
@@ -357,12 +348,11 @@ def severity_curves(robustness: pd.DataFrame, value: str = "top1") -> pd.DataFra
     """Per model: top-1 (%, value="top1"), error (%, "error") or ECE ("ece") at clean and severities 1-5,
     averaged over corruptions by analysis.robustness.severity_table, with a `method` column; None when
     the table cannot give it (no table, no such column, incomplete severities)."""
-    module = _robustness_module()
     column = "ece" if value == "ece" else "error"
-    if module is None or not _has_robustness(robustness) or column not in robustness.columns:
+    if not _has_robustness(robustness) or column not in robustness.columns:
         return None
     try:
-        table = _by_model(module.severity_table(robustness, value=value))
+        table = _by_model(robustness_metrics.severity_table(robustness, value=value))
     except ValueError:
         return None
     table.columns = [str(c) for c in table.columns]
@@ -420,11 +410,10 @@ def plot_severity(
 def corruption_summary_by_model(robustness: pd.DataFrame, baseline: str = "alexnet") -> pd.DataFrame | None:
     """analysis.robustness.corruption_summary indexed by model (str), with a `method` column; None when
     unavailable."""
-    module = _robustness_module()
-    if module is None or not _has_robustness(robustness):
+    if not _has_robustness(robustness):
         return None
     try:
-        summary = module.corruption_summary(robustness, baseline=baseline)
+        summary = robustness_metrics.corruption_summary(robustness, baseline=baseline)
     except ValueError:
         return None
     attrs = dict(summary.attrs)
@@ -482,6 +471,9 @@ def plot_corruption_errors(
     return save_figure(fig, out_dir, name)
 
 
+MCE_ROW_INCHES = 0.22  # the mCE chart's height per bar: 7-point labels, one per row, never overlap
+
+
 def plot_mce(
     robustness: pd.DataFrame,
     out_dir: str | os.PathLike,
@@ -491,28 +483,38 @@ def plot_mce(
     name: str = "mce",
 ) -> list[Path] | None:
     """mCE and relative mCE per model, bars coloured by method (the paper's Fig. 3, left). `reference`:
-    {label: (mCE, relative mCE)} drawn as hatched grey bars beside ours (the paper's ResNet-50)."""
+    {label: (mCE, relative mCE)} drawn as hatched grey bars below ours (the paper's ResNet-50).
+
+    Horizontal bars, one row per model with its id on the y axis, and a figure that grows with the number of
+    models: a study's 72 trial ids stay legible, where labels under vertical bars would overlap."""
     summary = corruption_summary_by_model(robustness, baseline)
     if summary is None or len(summary) == 0 or "mCE" not in summary.columns:
         return None
     summary = summary.sort_values(["method", "mCE"])
-    labels = [f"{method_name(m)}\n{model}" for model, m in zip(summary.index, summary["method"])]
+    labels = [f"{model} ({method_name(m)})" for model, m in zip(summary.index, summary["method"])]
     colors = [method_color(m) for m in summary["method"]]
-    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.1 * (len(summary) + len(reference or {})) * 2), 3.8),
-                             layout="constrained")
+    reference = reference or {}
+    labels += list(reference)
+    rows = np.arange(len(labels))
+    longest = max(len(label) for label in labels)
+    fig, axes = plt.subplots(1, 2, sharey=True, layout="constrained",
+                             figsize=(max(7.0, 5.0 + 0.06 * longest), max(3.0, 1.3 + MCE_ROW_INCHES * len(labels))))
     for ax, column in zip(axes, ("mCE", "relative_mCE")):
         values = summary[column].astype(float).to_numpy() if column in summary.columns else np.full(len(summary), np.nan)
-        ax.bar(range(len(values)), values, color=colors)
-        ticks = list(labels)
-        for k, (label, numbers) in enumerate((reference or {}).items()):
-            ax.bar(len(values) + k, numbers[0 if column == "mCE" else 1], color="#bbbbbb", hatch="//")
-            ticks.append(label)
-        ax.set_xticks(range(len(ticks)), ticks, fontsize=7)
-        ax.axhline(100, color="#555555", linestyle=":", linewidth=1)
+        ax.barh(rows[:len(values)], values, color=colors, height=0.75)
+        for k, numbers in enumerate(reference.values()):
+            ax.barh(len(values) + k, numbers[0 if column == "mCE" else 1], color="#bbbbbb", hatch="//", height=0.75)
+        ax.axvline(100, color="#555555", linestyle=":", linewidth=1)
         ax.set_title(column.replace("_", " "))
-        ax.set_ylabel(f"% ({_baseline_label(baseline)} = 100)")
+        ax.set_xlabel(f"% ({_baseline_label(baseline)} = 100)")
+        ax.grid(axis="x", alpha=0.3)
         for i, v in enumerate(values):
             if np.isfinite(v):
-                ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
+                ax.text(v, i, f" {v:.1f}", ha="left", va="center", fontsize=6.5)
+        finite = values[np.isfinite(values)]
+        ax.set_xlim(0, max([110.0, *finite, *(n[0 if column == "mCE" else 1] for n in reference.values())]) * 1.12)
+    axes[0].set_yticks(rows, labels, fontsize=7)
+    axes[0].set_ylim(len(labels) - 0.5, -0.5)  # the first model on top
+    axes[1].tick_params(axis="y", labelleft=False)
     fig.suptitle("Mean Corruption Error")
     return save_figure(fig, out_dir, name)

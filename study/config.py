@@ -2,13 +2,16 @@
 
 A `Config` is built from CLI flags, a YAML file or a dict (a Ray Tune sample) through `Config.from_dict`,
 which rejects unknown keys, wrong types and out-of-range values with a one-line `ConfigError` naming the
-field, the bad value and what is allowed. Everything downstream receives a valid config.
+field, the bad value and what is allowed. Every other way of building one (`Config(...)`,
+`dataclasses.replace`) validates too, so everything downstream receives a valid config.
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import numbers
@@ -40,6 +43,11 @@ CONTRAST_MODES = ("all", "one")
 
 class ConfigError(ValueError):
     """A configuration value is invalid. The message is one line naming the field, value and what is allowed."""
+
+
+# The `source` that prefixes the error messages of the Config being constructed: "config" unless
+# `Config.from_dict` names where its values came from.
+_SOURCE: contextvars.ContextVar[str] = contextvars.ContextVar("config_source", default="config")
 
 
 @dataclass(frozen=True)
@@ -122,6 +130,11 @@ class Config:
     checkpoint_every: int = 1  # epochs between checkpoints
 
     # ------------------------------------------------------------------ construction
+    def __post_init__(self) -> None:
+        """Every construction validates: `Config(...)`, `dataclasses.replace` and `from_dict` (once, with its
+        `source` in the message)."""
+        self.validate(source=_SOURCE.get())
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], *, source: str = "config") -> "Config":
         """Build a validated config from a mapping. `source` names where the values came from (a file, a
@@ -137,9 +150,11 @@ class Config:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(f"{source}: unknown key {key!r}{hint}; allowed keys: {', '.join(known)}")
             kwargs[key] = _coerce(key, value, hints[key], source)
-        config = cls(**kwargs)
-        config.validate(source=source)
-        return config
+        token = _SOURCE.set(source)
+        try:
+            return cls(**kwargs)  # validated by __post_init__, under `source`
+        finally:
+            _SOURCE.reset(token)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> "Config":
@@ -171,6 +186,15 @@ class Config:
 
         def fail(name: str, allowed: str) -> None:
             raise ConfigError(f"{source}: invalid {name}={getattr(self, name)!r}; allowed: {allowed}")
+
+        # Types first, so that the range checks below compare numbers. `from_dict` has coerced its values
+        # already; a direct `Config(...)` gets no coercion, only this check.
+        for name, hint in _field_hints().items():
+            value = getattr(self, name)
+            expected = _expected_type(value, hint)
+            if expected is not None:
+                raise ConfigError(f"{source}: invalid {name}={value!r}; expected {expected}, "
+                                  f"got {type(value).__name__}")
 
         def choice(name: str, options: tuple[str, ...]) -> None:
             if getattr(self, name) not in options:
@@ -254,6 +278,35 @@ class Config:
     def scaled_lr(self, base_lr: float, batch_size: int) -> float:
         """Linear scaling rule: learning rates are given per 256 images."""
         return base_lr * batch_size / 256
+
+
+@functools.cache
+def _field_hints() -> dict[str, Any]:
+    return typing.get_type_hints(Config)
+
+
+def _expected_type(value: Any, hint: Any) -> str | None:
+    """None when `value` has the type `hint` asks for (ints pass for floats, numpy scalars for numbers, no
+    strings for numbers); otherwise the expected type's name."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        hint = type(args[0])
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    elif hint is str:
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - every field is covered above
+        ok = True
+    return None if ok else getattr(hint, "__name__", str(hint))
 
 
 def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:

@@ -21,7 +21,7 @@ from torch import nn
 from study.checkpoint import MODEL_FILE
 from study.config import Config, ConfigError
 from study.files import write_json
-from study.train import format_progress, train
+from study.train import RunContext, format_progress, train
 
 DEFAULT_STORAGE = "./runs"
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -193,6 +193,11 @@ def _console_without_ray_train_info(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING or _RAY_TRAIN_SOURCE not in record.pathname
 
 
+TrainFn = Callable[[Config, RunContext], Any]
+"""The loop one worker runs: `study.train.train` unless a caller passes another (tests wrap it to inject
+faults). Ray pickles it to the workers: a module-level function, or a `functools.partial` of one."""
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """The `train_loop_per_worker` of the TorchTrainer: one worker of a Ray Train run."""
     import ray.train
@@ -210,38 +215,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         checkpoint_class=ray.train.Checkpoint,
     )
     quiet_ray_train_info()
-    fail_after = loop_config.get("fail_after_epochs")
-    if fail_after and run_context.latest_checkpoint() is None:
-        run_context.report = _failing_after(run_context.report, fail_after)
-    train(config, run_context)
-
-
-def _failing_after(report: Callable[..., None], epochs: int) -> Callable[..., None]:
-    """Fault injection for fault-tolerance tests: raise once `epochs` epochs have been reported, as a
-    worker crash would. Only a fresh run (no checkpoint yet) is wrapped, so the restarted run goes on."""
-    count = 0
-
-    def report_then_fail(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
-        nonlocal count
-        report(metrics, checkpoint_dir)
-        count += 1
-        if count >= epochs:
-            raise RuntimeError(f"injected failure after {epochs} reported epoch(s)")
-
-    return report_then_fail
+    train_fn: TrainFn = loop_config.get("train_fn") or train
+    train_fn(config, run_context)
 
 
 def build_trainer(config: Config, *, storage: str, name: str, max_failures: int = 2, callbacks: list | None = None,
-                  fail_after_epochs: int | None = None):
+                  train_fn: TrainFn | None = None):
     """A TorchTrainer for one run; the same `name` on the same `storage` resumes from its last checkpoint.
 
-    `fail_after_epochs` injects one worker failure (tests of the restart path)."""
+    `train_fn` replaces the loop each worker runs (default `study.train.train`), called as
+    `train_fn(config, run_context)`; tests wrap the default to inject faults."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    loop_config: dict[str, Any] = {"config": config.to_dict()}
+    if train_fn is not None:
+        loop_config["train_fn"] = train_fn
     return TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
-        train_loop_config={"config": config.to_dict(), "fail_after_epochs": fail_after_epochs},
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=config.num_workers,
             use_gpu=config.use_gpu,
@@ -273,14 +265,16 @@ def default_run_name(config: Config) -> str:
 
 def run_training(config: Config, *, storage: str = DEFAULT_STORAGE, name: str | None = None,
                  address: str | None = None, max_failures: int = 2,
-                 fail_after_epochs: int | None = None) -> dict[str, Any]:
-    """Train one run under Ray Train and write `metrics.json` beside its checkpoints. Returns the metrics."""
+                 train_fn: TrainFn | None = None) -> dict[str, Any]:
+    """Train one run under Ray Train and write `metrics.json` beside its checkpoints. Returns the metrics.
+
+    `train_fn`: the loop each worker runs, as in `build_trainer` (default `study.train.train`)."""
     if not address or address == "local":
         check_dataset(config)  # the workers would fail on it after Ray started; on a cluster they may see other files
     connect_ray(address)
     name = name or default_run_name(config)
     result = build_trainer(config, storage=storage, name=name, max_failures=max_failures,
-                           fail_after_epochs=fail_after_epochs).fit()
+                           train_fn=train_fn).fit()
     if result.error is not None:
         raise result.error
     metrics = {key: value for key, value in (result.metrics or {}).items() if key in _FINAL_KEYS}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -61,6 +63,43 @@ def test_unknown_key_suggests_the_close_match():
 def test_source_prefixes_the_message():
     with pytest.raises(ConfigError, match=r"^spaces/x.yaml: base: invalid lr"):
         Config.from_dict({"lr": -1}, source="spaces/x.yaml: base")
+
+
+def test_direct_construction_validates():
+    with pytest.raises(ConfigError, match=r"^config: invalid lr=-1; allowed: a finite number > 0$"):
+        Config(lr=-1)
+    with pytest.raises(ConfigError, match=r"invalid batch_size=5; allowed: a multiple of num_workers"):
+        Config(batch_size=5, num_workers=2)
+    # No coercion outside from_dict: a wrong type is named, not compared (which would raise TypeError).
+    with pytest.raises(ConfigError, match=r"invalid epochs='3'; expected int, got str"):
+        Config(epochs="3")
+    with pytest.raises(ConfigError, match=r"invalid use_gpu=1; expected bool, got int"):
+        Config(use_gpu=1)
+    assert Config(lr=1, batch_size=np.int64(64)).lr == 1  # ints for floats and numpy integers pass
+
+
+def test_dataclasses_replace_validates():
+    config = Config()
+    with pytest.raises(ConfigError, match=r"invalid temperature=0; allowed: a finite number > 0"):
+        dataclasses.replace(config, temperature=0)
+    with pytest.raises(ConfigError, match=r"invalid warmup_epochs=10; allowed: an integer < epochs \(10\)"):
+        dataclasses.replace(config, warmup_epochs=10)
+    assert dataclasses.replace(config, lr=0.1).lr == 0.1
+    with pytest.raises(ConfigError, match=r"^config: invalid lr=-1.0"):
+        config.replace(lr=-1)
+
+
+def test_from_dict_validates_once(monkeypatch):
+    calls = []
+    validate = Config.validate
+    monkeypatch.setattr(Config, "validate", lambda self, **kw: (calls.append(kw), validate(self, **kw)))
+    Config.from_dict({"lr": 0.2}, source="run.yaml")
+    assert calls == [{"source": "run.yaml"}]
+    Config(lr=0.2)  # the source is the default again outside from_dict, even after a failed from_dict
+    with pytest.raises(ConfigError, match="^x.yaml: "):
+        Config.from_dict({"lr": -1}, source="x.yaml")
+    with pytest.raises(ConfigError, match="^config: "):
+        Config(lr=-1)
 
 
 def test_strings_and_numpy_scalars_are_coerced():

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from analysis import plots
 
@@ -160,3 +162,103 @@ def test_plots_skip_without_data(tmp_path):
     incomplete = synthetic_robustness().query("severity != 5")
     assert plots.plot_corruption_errors(incomplete, tmp_path) is None
     assert not list(tmp_path.glob("accuracy_vs_temperature*"))
+
+
+# ------------------------------------------------------------------------------------- legibility
+STUDY_SIZE = 72  # trials of the paper_stability space: one model each in the robustness stage
+
+
+def study_models(count=STUDY_SIZE):
+    """`count` models with long ids like a sweep's (method, varied family, value, seed, trial id)."""
+    values = ["stacked_randaugment", "rmsprop", "0.05", "1.0", "512", "12"]
+    return [(f"{method}-paper_stability-cifar10-{values[i % 6]}-seed{i % 3}-trial_{i:05d}_a1b2c3", method)
+            for i in range(count) for method in [("supcon", "ce")[i % 2]]]
+
+
+@pytest.fixture
+def drawn_figures(monkeypatch):
+    """The figures the plot functions save, kept open for inspection."""
+    figures = []
+    save = plots.save_figure
+
+    def keep(fig, out_dir, name):
+        figures.append(fig)
+        return save(fig, out_dir, name)
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    return figures
+
+
+def overlapping_tick_labels(fig):
+    """Pairs of tick labels (texts) whose drawn extents overlap, over every axes of `fig`.
+
+    Each label is the rectangle its text fills, turned by its rotation: two labels of one rotation overlap
+    when their rectangles do (rotated labels' axis-aligned extents overlap long before their text does);
+    labels of different rotations are compared by their extents."""
+    FigureCanvasAgg(fig)  # closed figures keep a bare canvas; draw them on Agg, as save_figure's PNG
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            for tick in axis.get_major_ticks():
+                label = tick.label1
+                if label.get_visible() and label.get_text() and low <= tick.get_loc() <= high:
+                    extent = label.get_window_extent(renderer)
+                    probe = fig.text(0, 0, label.get_text(), fontproperties=label.get_fontproperties())
+                    upright = probe.get_window_extent(renderer)  # the text's own width and height
+                    probe.remove()
+                    labels.append((label.get_text(), label.get_rotation(), extent, upright.width, upright.height))
+
+    def overlap(a, b):
+        (_, rotation_a, extent_a, width_a, height_a), (_, rotation_b, extent_b, width_b, height_b) = a, b
+        if rotation_a % 180 != rotation_b % 180:
+            return extent_a.overlaps(extent_b)
+        angle = np.radians(rotation_a)
+        along, across = np.array([np.cos(angle), np.sin(angle)]), np.array([-np.sin(angle), np.cos(angle)])
+        shift = np.array([(extent_a.x0 + extent_a.x1) - (extent_b.x0 + extent_b.x1),
+                          (extent_a.y0 + extent_a.y1) - (extent_b.y0 + extent_b.y1)]) / 2  # centre to centre
+        return (abs(shift @ along) < (width_a + width_b) / 2) and (abs(shift @ across) < (height_a + height_b) / 2)
+
+    return [(a[0], b[0]) for a, b in itertools.combinations(labels, 2) if overlap(a, b)]
+
+
+def test_mce_chart_labels_72_long_model_ids_without_overlap(tmp_path, drawn_figures):
+    models = study_models()
+    robustness = synthetic_robustness(models)
+    reference = {"paper SupCon R50": (60.4, 90.8), "paper CE R50": (68.6, 96.2)}
+    assert_images(plots.plot_mce(robustness, tmp_path, reference=reference), "mCE")
+    (fig,) = drawn_figures
+    assert overlapping_tick_labels(fig) == []
+    shown = [label.get_text() for label in fig.axes[0].get_yticklabels()]
+    assert len(shown) == STUDY_SIZE + len(reference)
+    for model, _ in models:  # every id in full, not cut
+        assert any(text.startswith(model) for text in shown), model
+    assert fig.get_figheight() > 15  # grows with the number of models
+
+    few = synthetic_robustness(models[:3])
+    plots.plot_mce(few, tmp_path / "few")
+    assert overlapping_tick_labels(drawn_figures[-1]) == []
+    assert drawn_figures[-1].get_figheight() < 5
+
+
+def test_every_figure_stays_legible_at_study_size(tmp_path, drawn_figures):
+    """The other plots label hyperparameter families, settings, corruptions or severities (one legend entry
+    per method): none has a label per model or trial, so a 72-model study leaves their ticks apart too."""
+    results = synthetic_results()
+    assert results["trial_id"].nunique() > STUDY_SIZE
+    robustness = synthetic_robustness(study_models())
+    drawn = {
+        "stability boxes": plots.plot_stability_boxes(results, tmp_path),
+        "accuracy vs lr": plots.plot_accuracy_vs_lr(results, tmp_path),
+        "accuracy vs temperature": plots.plot_accuracy_vs_temperature(results, tmp_path),
+        "importance": plots.plot_importance(plots.hyperparameter_importance(results), tmp_path),
+        "optimizer pairs": plots.plot_optimizer_pairs(synthetic_pairs(), tmp_path),
+        "severity": plots.plot_severity(robustness, tmp_path, value="top1"),
+        "corruption errors": plots.plot_corruption_errors(robustness, tmp_path),
+        "mCE": plots.plot_mce(robustness, tmp_path),
+    }
+    assert all(paths is not None for paths in drawn.values()), drawn
+    for title, fig in zip(drawn, drawn_figures, strict=True):
+        assert overlapping_tick_labels(fig) == [], title
