@@ -73,16 +73,6 @@ AUGMENTATION_PAIRS: dict[tuple[str, str], float] = {
     ("stacked_randaugment", "simaugment"): 77.9, ("stacked_randaugment", "stacked_randaugment"): 75.9,
 }
 
-# Hendrycks & Dietterich (ICLR 2019): the 15 benchmark corruptions in their four families.
-IMAGENET_C_GROUPS: dict[str, tuple[str, ...]] = {
-    "noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
-    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur"),
-    "weather": ("snow", "frost", "fog", "brightness"),
-    "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression"),
-}
-# The four held-out corruptions (never part of mCE).
-HELD_OUT_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-
 TEMPERATURE = 0.1  # the paper's temperature for every result
 
 

@@ -24,6 +24,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from study.tables import BENCHMARK_CORRUPTIONS, CLEAN, HELD_OUT_CORRUPTIONS, SEVERITIES
+
 __all__ = [
     "ALEXNET_ERRORS",
     "BENCHMARK_CORRUPTIONS",
@@ -35,8 +37,6 @@ __all__ = [
     "check_robustness_table",
 ]
 
-CLEAN = "clean"
-SEVERITIES = (1, 2, 3, 4, 5)
 # AlexNet's top-1 error on ImageNet-C per corruption, averaged over severities, and on clean ImageNet
 # (Hendrycks & Dietterich 2019). The 15 corruption keys are the benchmark, in their canonical order.
 ALEXNET_ERRORS: dict[str, float] = {
@@ -57,8 +57,6 @@ ALEXNET_ERRORS: dict[str, float] = {
     "jpeg_compression": 0.606500,
     CLEAN: 0.43478,
 }
-BENCHMARK_CORRUPTIONS: tuple[str, ...] = tuple(name for name in ALEXNET_ERRORS if name != CLEAN)
-HELD_OUT_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 ALEXNET = "alexnet"
 _ALEXNET_NOTE = "AlexNet's published ImageNet-C errors (Hendrycks & Dietterich 2019) = 100"
 SEVERITY_VALUES = ("top1", "error", "ece")

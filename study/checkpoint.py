@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from study.files import atomic_write
+from study.tables import MODEL_FILE
 
 STATE_FILE = "state.pt"  # everything needed to resume training
-MODEL_FILE = "model.pt"  # the final classifier, for evaluation
 
 
 class CheckpointError(ValueError):

@@ -78,6 +78,8 @@ from skimage.color import hsv2rgb, rgb2hsv
 from skimage.filters import gaussian
 from skimage.util import random_noise
 
+from study.tables import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, CORRUPTION_GROUPS, HELD_OUT_CORRUPTIONS, SEVERITIES
+
 __all__ = [
     "CORRUPTIONS",
     "CORRUPTION_GROUPS",
@@ -99,16 +101,9 @@ __all__ = [
     "image_seed",
 ]
 
-CORRUPTION_GROUPS: dict[str, tuple[str, ...]] = {
-    "noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
-    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur"),
-    "weather": ("snow", "frost", "fog", "brightness"),
-    "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression"),
-}
-CORRUPTIONS: tuple[str, ...] = tuple(name for group in CORRUPTION_GROUPS.values() for name in group)
-EXTRA_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")  # held out
-ALL_CORRUPTIONS: tuple[str, ...] = CORRUPTIONS + EXTRA_CORRUPTIONS
-SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
+# The suite's names and severities live in the schema (study/tables.py); these names are this module's API.
+CORRUPTIONS = BENCHMARK_CORRUPTIONS
+EXTRA_CORRUPTIONS = HELD_OUT_CORRUPTIONS  # held out
 MIN_IMAGE_SIZE = 8  # below this, pixelate at severity 5 collapses images to nothing
 PROFILES: tuple[str, ...] = ("cifar", "imagenet")  # sets of per-severity constants (module docstring)
 # profile=None: `cifar` when both sides are under this many pixels (the released 32-px CIFAR-C sets; Tiny

@@ -42,19 +42,12 @@ import numpy as np
 import pandas as pd
 import ray
 import torch
+from tqdm import tqdm
 
 from study.files import TEMPORARY_SUFFIX, atomic_write, fsync_folder, write_table
-from study.corruptions import (
-    ALL_CORRUPTIONS,
-    CIFAR_SOURCE,
-    CORRUPTIONS,
-    EXTRA_CORRUPTIONS,
-    SEVERITIES,
-    check_images,
-    check_profile,
-    corrupt,
-    default_profile,
-)
+from study.corruptions import CIFAR_SOURCE, check_images, check_profile, corrupt, default_profile
+from study.tables import (ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, CLEAN, HELD_OUT_CORRUPTIONS, MODEL_FILE,
+                          RESULTS_FILE, ROBUSTNESS_COLUMNS, ROBUSTNESS_FILE, SEVERITIES)
 
 __all__ = [
     "ECE_BINS",
@@ -74,12 +67,9 @@ __all__ = [
 ]
 
 ECE_BINS = 15
-CLEAN = "clean"
 LABELS_FILE = "labels.npy"
 CLEAN_FILE = "clean.npy"
 GENERATION_FILE = "generation.json"
-ROBUSTNESS_FILE = "robustness.parquet"
-ROBUSTNESS_COLUMNS = ("model", "method", "corruption", "severity", "error", "ece", "n", "profile")
 EXTERNAL_PROFILE = "external"  # the profile column for corrupted sets not generated here (no generation.json)
 LEGACY_PROFILE = "imagenet"  # the profile of sets generated before generation.json recorded one
 IMAGENET_C_SIZE = 224  # ImageNet-C images are stored at the size models see
@@ -343,7 +333,7 @@ class ImageFileArray:
 def _requested(corruptions: Sequence[str] | None, present: Callable[[str], bool]) -> list[str]:
     """The corruptions to load: the given ones (validated), or the benchmark plus held-out ones present."""
     if corruptions is None:
-        return list(CORRUPTIONS) + [name for name in EXTRA_CORRUPTIONS if present(name)]
+        return list(BENCHMARK_CORRUPTIONS) + [name for name in HELD_OUT_CORRUPTIONS if present(name)]
     names = list(dict.fromkeys(corruptions))
     unknown = [name for name in names if name not in ALL_CORRUPTIONS]
     if unknown:
@@ -399,7 +389,7 @@ def generate_corrupted_set(
         seed: passed to `study.corruptions.corrupt`, which seeds every image separately.
         profile: the corruption constants, "cifar" (the released CIFAR-10-C's) or "imagenet"; None: by image
             size (`study.corruptions.default_profile`: `cifar` below 64 px).
-        progress: show a progress bar (tqdm, or a printed line per corruption without it).
+        progress: show a progress bar (tqdm) with a line per finished task.
         chunk_size: images per task (default: at most 2048 and 64 MiB).
 
     Starts a local Ray runtime when none is running.
@@ -737,7 +727,7 @@ def _clean_references(clean: Any, corrupted: Path, named: Mapping[str, Path]) ->
         by_split: dict[tuple[str, str, int], Any] = {}
         refs = {}
         for model_id, path in named.items():
-            payload = safe_load(path / "model.pt" if path.is_dir() else path)
+            payload = safe_load(path / MODEL_FILE if path.is_dir() else path)
             config = payload.get("config", {})
             key = (config.get("dataset", "digits"), config.get("data_root", "./data"), int(payload["image_size"]))
             if key not in by_split:
@@ -791,7 +781,7 @@ def _named_checkpoints(checkpoints: Sequence[str | os.PathLike] | Mapping[str, s
     if not named:
         raise ValueError("no checkpoints to evaluate")
     for model_id, path in named.items():
-        file = path / "model.pt" if path.is_dir() else path
+        file = path / MODEL_FILE if path.is_dir() else path
         if not file.is_file():
             raise ValueError(f"checkpoint {file} (model {model_id!r}) does not exist")
     return named
@@ -800,7 +790,7 @@ def _named_checkpoints(checkpoints: Sequence[str | os.PathLike] | Mapping[str, s
 def study_checkpoints(study_dir: str | os.PathLike) -> dict[str, Path]:
     """{trial_id: model.pt} of a study's completed trials that exported a classifier (results.parquet)."""
     study_dir = Path(study_dir)
-    results_path = study_dir / "results.parquet"
+    results_path = study_dir / RESULTS_FILE
     if not results_path.is_file():
         raise ValueError(f"{results_path} is missing; --study needs a sweep's output folder")
     results = pd.read_parquet(results_path, columns=["trial_id", "status", "checkpoint"])
@@ -842,7 +832,7 @@ def run_robustness(
         from study.checkpoint import safe_load
 
         first = next(iter(named.values()))
-        payload = safe_load(first / "model.pt" if first.is_dir() else first)
+        payload = safe_load(first / MODEL_FILE if first.is_dir() else first)
         config = payload.get("config", {})
         corrupted = corrupted_set_for_dataset(
             dataset or config.get("dataset", "digits"),
@@ -873,18 +863,11 @@ def _ensure_ray() -> None:
 
 
 class _Progress:
-    """A tqdm bar, or printed lines when tqdm is missing or progress is off-terminal."""
+    """A tqdm bar with a line per finished task, or nothing when progress is off."""
 
     def __init__(self, total: int, description: str, enabled: bool) -> None:
-        self.enabled, self.total, self.done, self.started = enabled, total, 0, time.monotonic()
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, desc=description, unit="task")
-            except ImportError:
-                print(f"{description}: {total} tasks", flush=True)
+        self.total, self.done, self.started = total, 0, time.monotonic()
+        self.bar = tqdm(total=total, desc=description, unit="task") if enabled else None
 
     def update(self, count: int) -> None:
         self.done += count
@@ -892,13 +875,8 @@ class _Progress:
             self.bar.update(count)
 
     def note(self, text: str) -> None:
-        if not self.enabled:
-            return
-        message = f"[{self.done + 1}/{self.total}, {time.monotonic() - self.started:.0f} s] {text}"
         if self.bar is not None:
-            self.bar.write(message)
-        else:
-            print(message, flush=True)
+            self.bar.write(f"[{self.done + 1}/{self.total}, {time.monotonic() - self.started:.0f} s] {text}")
 
     def close(self) -> None:
         if self.bar is not None:

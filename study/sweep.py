@@ -30,14 +30,10 @@ from study.config import Config, ConfigError
 from study.files import write_json, write_table
 from study.launch import (RayContext, build_trainer, check_address, check_dataset, check_storage, connect_ray,
                           dataset_slug, quiet_ray_train_info, storage_uri)
+from study.tables import (HISTORY_COLUMNS, HISTORY_FILE, MODEL_FILE, RESULT_FINAL_COLUMNS, RESULT_ID_COLUMNS,
+                          RESULTS_FILE, SEARCH, STUDY_FILE)
 from study.train import train
 
-RESULT_COLUMNS = ["study", "trial_id", "method", "varied"]
-FINAL_COLUMNS = ["seed", "status", "epochs_run", "val_top1", "val_top5", "test_top1", "test_top5", "wall_seconds",
-                 "checkpoint", "node_id", "error", "config"]
-HISTORY_COLUMNS = ["trial_id", "method", "stage", "epoch", "loss", "lr", "val_top1", "val_top5",
-                   "images_per_second", "epoch_seconds"]
-STUDY_FILE = "study.json"
 STATUS_EVERY_SECONDS = 60  # a status line while trials run, between the lines of finished trials
 
 
@@ -132,13 +128,10 @@ def _run_trial_with_torch_trainer(config: Config, options: dict[str, Any]) -> No
 
 
 # ----------------------------------------------------------------------------------------- running
-SEARCHED = "search"  # the `varied` column of a searched trial
-
-
 def varied_of(spec: TrialSpec | None) -> str:
     """The results table's `varied` column of a trial: its spec's family ("base", the varied hyperparameter,
-    or "grid") for enumerated designs; SEARCHED for a searched trial (spec None)."""
-    return SEARCHED if spec is None else spec.varied
+    or "grid") for enumerated designs; SEARCH for a searched trial (spec None)."""
+    return SEARCH if spec is None else spec.varied
 
 
 def trial_overrides(overrides: dict[str, Any], options: SweepOptions) -> dict[str, Any]:
@@ -209,7 +202,7 @@ class PlannedTrial:
     def to_json(self) -> dict[str, Any]:
         record = {"method": self.method, "family": self.family, "value": self.value, "seed": self.seed,
                   "config": self.config.to_dict(), "trial": self.trial}
-        if self.family == SEARCHED:
+        if self.family == SEARCH:
             record["samples"] = self.samples
         return record
 
@@ -290,7 +283,7 @@ def _planned_search(space: StudySpace, method: str, overrides: dict[str, Any], o
         else:
             distributions[name] = {"type": distribution.type, "low": distribution.low, "high": distribution.high,
                                    "log": distribution.log, "step": distribution.step}
-    return PlannedTrial(trial=f"{method}-{SEARCHED}", method=method, family=varied_of(None), value=distributions,
+    return PlannedTrial(trial=f"{method}-{SEARCH}", method=method, family=varied_of(None), value=distributions,
                         seed=space.seeds[0], config=config, companions={}, samples=space.num_samples)
 
 
@@ -367,7 +360,7 @@ def run_sweep(space_name: str, overrides: dict[str, Any] | None = None,
     study_info.update(finished=_now(), wall_seconds=study_info.get("wall_seconds", 0) + wall)
     write_json(study_dir / STUDY_FILE, study_info)
     results, _ = collect(study_dir)
-    print(f"\nresults: {study_dir / 'results.parquet'} ({len(results)} trials: "
+    print(f"\nresults: {study_dir / RESULTS_FILE} ({len(results)} trials: "
           f"{results['status'].value_counts().to_dict()})", flush=True)
     return study_dir
 
@@ -615,10 +608,10 @@ def collect(study_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
         results[key] = [row["_params"].get(key) for row in rows]
     if len(results):
         results = results.drop(columns="_params")
-    results = results.reindex(columns=RESULT_COLUMNS + varied + FINAL_COLUMNS)
-    history_table = pd.DataFrame(history, columns=HISTORY_COLUMNS)
-    write_table(results, study_dir / "results.parquet")
-    write_table(history_table, study_dir / "history.parquet", csv=False)
+    results = results.reindex(columns=[*RESULT_ID_COLUMNS, *varied, *RESULT_FINAL_COLUMNS])
+    history_table = pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
+    write_table(results, study_dir / RESULTS_FILE)
+    write_table(history_table, study_dir / HISTORY_FILE, csv=False)
     return results, history_table
 
 
@@ -638,9 +631,9 @@ def _trial_row(trial, study: str, analysis) -> tuple[dict[str, Any], list[dict[s
         epochs = epochs.drop_duplicates(subset=["stage", "epoch"], keep="last")
     checkpoint = ""
     if status == "completed" and trial.checkpoint is not None:
-        checkpoint = str(Path(trial.checkpoint.path) / "model.pt")
+        checkpoint = str(Path(trial.checkpoint.path) / MODEL_FILE)
     elif status == "completed" and "checkpoint_path" in last:  # multi-worker trials report the Train path
-        checkpoint = str(Path(last["checkpoint_path"]) / "model.pt")
+        checkpoint = str(Path(last["checkpoint_path"]) / MODEL_FILE)
     row = {
         "study": study, "trial_id": spec["trial_name"], "method": spec["method"], "varied": spec["varied"],
         "_params": spec["params"], "seed": spec["seed"], "status": status,

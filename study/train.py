@@ -32,12 +32,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from study.augment import build_eval_transform, build_train_transform, default_autoaugment_policy
-from study.checkpoint import MODEL_FILE, STATE_FILE, CheckpointError, atomic_save, safe_load, save_classifier, unwrap
+from study.checkpoint import STATE_FILE, CheckpointError, atomic_save, safe_load, save_classifier, unwrap
 from study.config import Config
 from study.data import DatasetSplits, MultiViewDataset, TransformedDataset, load_dataset
 from study.losses import supcon_loss
 from study.models import Classifier, ContrastiveNetwork, build_encoder
 from study.optim import LINEAR_RMSPROP_EPSILON, build_optimizer, build_scheduler
+from study.tables import MODEL_FILE
 
 KNN_NEIGHBOURS = 20
 KNN_MAX_TRAIN = 10_000  # bank size cap for the kNN monitor: bounded cost on ImageNet-sized data
