@@ -114,7 +114,7 @@ SEARCH_ONLY_KEYS = ("distributions", "num_samples", "sampler", "sampler_args", "
 # Fields only the contrastive stage reads (ce has no projection head and one view).
 CONTRASTIVE_ONLY = frozenset(
     {"temperature", "loss_variant", "contrast_mode", "max_positives", "n_views", "scale_by_temperature",
-     "projection_dim", "projection_head", "loss_chunk_size"}
+     "projection_dim", "projection_head", "loss_chunk_size", "memory_size", "memory_momentum"}
 )  # fmt: skip
 # Fields of the linear stage: supcon and simclr always, ce only with ce_two_stage.
 LINEAR_STAGE = frozenset(

@@ -97,6 +97,12 @@ class Config:
     scale_by_temperature: bool = True
     max_positives: int | None = None
     loss_chunk_size: int | None = None  # rows per block for very large global batches (bounded memory)
+    # A memory of past keys for the contrastive stage (Sec. 4.1: "with a memory size of 8192 ... a batch size
+    # of 256 ... SupCon is able to achieve 79.1% top-1", citing MoCo, He et al. 2020): a momentum copy of
+    # encoder + head embeds each batch again as keys, and the last `memory_size` keys with their labels join
+    # the contrast set (study/memory.py, study/losses.py `supcon_loss_with_memory`). 0 turns it off.
+    memory_size: int = 0
+    memory_momentum: float = 0.999  # EMA of the momentum network (MoCo's m = 0.999)
     optimizer: str = "sgd"
     # Per 256 images, scaled linearly with the global batch (the TF code's base_learning_rate x batch/256,
     # supcon/hparams_flags.py). 0.5: the authors' CIFAR-10 SupCon rate (SGD momentum, loss x t;
@@ -255,6 +261,16 @@ class Config:
             fail("loss_chunk_size", "an integer >= 1, or null for the full matrix")
         if self.max_positives is not None and self.max_positives < 1:
             fail("max_positives", "an integer >= 1, or null for no cap")
+        if self.memory_size < 0:
+            fail("memory_size", "an integer >= 0 (0: no memory)")
+        if not (math.isfinite(self.memory_momentum) and 0 <= self.memory_momentum < 1):
+            fail("memory_momentum", "a number in [0, 1)")
+        if self.memory_size > 0 and self.method == "ce":
+            fail("memory_size", "0 for method 'ce' (the memory belongs to the contrastive stage)")
+        if self.memory_size > 0 and self.max_positives is not None:
+            fail("max_positives", "null when memory_size > 0 (the memory's loss has no positives cap)")
+        if self.memory_size > 0 and self.loss_chunk_size is not None:
+            fail("loss_chunk_size", "null when memory_size > 0 (the memory's loss is not chunked)")
         if self.image_size is not None and self.image_size < 8:
             fail("image_size", "an integer >= 8, or null for the dataset's native size")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:

@@ -316,3 +316,99 @@ def supcon_loss(features: Tensor, labels: Tensor | Sequence[int] | None = None, 
         if scale_by_temperature:
             loss = loss * temperature
         return loss
+
+
+def supcon_loss_with_memory(features: Tensor, keys: Tensor, labels: Tensor | Sequence[int] | None,
+                            queue_keys: Tensor, queue_labels: Tensor | None, *, temperature: float = 0.1,
+                            variant: str = "out", contrast_mode: str = "all",
+                            scale_by_temperature: bool = False) -> Tensor:
+    """`supcon_loss` with an external contrast set: the memory variant of Sec. 4.1 (MoCo-style keys and queue).
+
+    Args:
+        features: `[batch, n_views, dim]`, the anchors: this batch's projections by the trained network.
+        keys: `[batch, n_views, dim]`, the same views embedded by the momentum network (no gradient flows
+            into them).
+        labels: `[batch]` class labels (SupCon), or None (SimCLR).
+        queue_keys: `[queue, dim]`, past keys (only the filled part of the queue; may be empty).
+        queue_labels: `[queue]` their labels (ignored, and may be None, for SimCLR).
+        temperature, variant, contrast_mode, scale_by_temperature: as in `supcon_loss`.
+
+    The contrast set is this batch's keys (of every worker, when distributed), flattened sample-major as in
+    `supcon_loss`, followed by the queue. Anchor i (view v of sample s) leaves out the key of its own view;
+    its positives are, for SupCon, every other entry with its label (its image's other views' keys
+    included), for SimCLR only the keys of its image's other views; queue entries are then negatives.
+    Same L_out / L_in per-anchor loss, mean over anchors with a positive, optional rescaling by t. One
+    `[anchors, contrast]` logits matrix through plain autograd (which keeps a few matrices of that size for
+    backward, unlike `supcon_loss`'s closed-form gradient): gradients reach `features` only.
+
+    Distributed: this worker's anchors are contrasted with the keys of all workers (gathered, no gradient)
+    and the queue, which must be the same on every worker (`study.memory.KeyMemory` keeps it so). The value
+    is the global loss on every worker; gradients follow DistributedDataParallel's convention, as in
+    `supcon_loss`."""
+    supervised = labels is not None
+    if supervised and not isinstance(labels, Tensor):
+        labels = torch.as_tensor(labels)
+    _validate(features, labels, temperature, variant, contrast_mode, None, None)
+    if not isinstance(keys, Tensor) or keys.shape != features.shape:
+        raise ValueError(f"keys must have the shape of features {tuple(features.shape)}, "
+                         f"got {tuple(keys.shape) if isinstance(keys, Tensor) else type(keys).__name__}")
+    dim = features.shape[2]
+    if queue_keys.dim() != 2 or queue_keys.shape[1] != dim:
+        raise ValueError(f"queue_keys must be [queue, {dim}], got {tuple(queue_keys.shape)}")
+    if supervised and (queue_labels is None or queue_labels.shape != queue_keys.shape[:1]):
+        raise ValueError(f"queue_labels must be [queue] = [{len(queue_keys)}] with labels, got "
+                         f"{None if queue_labels is None else tuple(queue_labels.shape)}")
+    batch, n_views, _ = features.shape
+    device = features.device
+    world, rank = _world()
+    dtype = torch.promote_types(features.dtype, torch.float32)
+
+    with torch.autocast(device_type=device.type, enabled=False):
+        features, keys = features.to(dtype), keys.detach().to(dtype)
+        if world > 1:
+            sizes = _gather_no_grad(torch.tensor([[batch, not supervised]], device=device))
+            if not (sizes == sizes[:1]).all():
+                raise ValueError(f"every worker must pass the same batch size and labels/None, got "
+                                 f"(batch, labels is None) per worker {sizes.tolist()}")
+            keys = _gather_no_grad(keys)
+        batch_keys = keys.reshape(world * batch * n_views, dim)
+        contrast = torch.cat([batch_keys, queue_keys.detach().to(device, dtype)])
+        # Who is whose positive: labels for SupCon; for SimCLR the global sample index, queue never.
+        sample = torch.arange(world * batch, device=device).repeat_interleave(n_views)
+        if supervised:
+            everyone = _gather_no_grad(labels.to(device)) if world > 1 else labels.to(device)
+            contrast_class = torch.cat([everyone.repeat_interleave(n_views), queue_labels.to(device)])
+        else:
+            contrast_class = torch.cat([sample, sample.new_full((len(queue_keys),), -1)])
+
+        offset, stride = rank * batch * n_views, 1 if contrast_mode == "all" else n_views
+        anchors = features.reshape(batch * n_views, dim)[::stride]
+        self_cols = torch.arange(offset, offset + batch * n_views, stride, device=device)
+        rows = torch.arange(len(anchors), device=device)
+        logits = anchors @ contrast.T / temperature
+        fill = torch.finfo(dtype).min
+        logits = logits.index_put((rows, self_cols), torch.tensor(fill, dtype=dtype, device=device))
+        positives = contrast_class[self_cols][:, None] == contrast_class[None, :]
+        positives[rows, self_cols] = False
+        n_positives = positives.sum(1)
+        n_kept = n_positives.clamp(min=1).to(dtype)
+        lse = logits.logsumexp(1)
+        if variant == "out":
+            per_anchor = lse - torch.where(positives, logits, 0.0).sum(1) / n_kept
+        else:
+            per_anchor = lse - logits.masked_fill(~positives, fill).logsumexp(1) + n_kept.log()
+
+        has_positive = n_positives > 0
+        local_sum = torch.where(has_positive, per_anchor, 0.0).sum()
+        count = has_positive.sum().to(dtype)
+        if world > 1:
+            dist.all_reduce(count, op=dist.ReduceOp.SUM)
+        count = count.clamp(min=1)
+        loss = local_sum * world / count
+        if world > 1:
+            total = local_sum.detach().clone()
+            dist.all_reduce(total, op=dist.ReduceOp.SUM)
+            loss = loss + (total / count - loss).detach()
+        if scale_by_temperature:
+            loss = loss * temperature
+        return loss

@@ -35,7 +35,8 @@ from study.augment import build_eval_transform, build_train_transform, default_a
 from study.checkpoint import STATE_FILE, CheckpointError, atomic_save, safe_load, save_classifier, unwrap
 from study.config import Config
 from study.data import DatasetSplits, MultiViewDataset, TransformedDataset, load_dataset
-from study.losses import supcon_loss
+from study.losses import supcon_loss, supcon_loss_with_memory
+from study.memory import KeyMemory
 from study.models import Classifier, ContrastiveNetwork, build_encoder
 from study.optim import LINEAR_RMSPROP_EPSILON, build_optimizer, build_scheduler
 from study.tables import MODEL_FILE
@@ -451,16 +452,32 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
     if resume is not None and "rng" in resume:
         _set_rng_state(resume["rng"])
 
-    def step_loss(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    # Sec. 4.1's memory (MoCo-style, study/memory.py): copied after DDP has broadcast rank 0's weights, so
+    # every worker starts from the same momentum network. A checkpoint without one starts a fresh memory.
+    memory = None
+    if stage == "contrastive" and config.memory_size > 0:
+        memory = KeyMemory(unwrap(trained), config.memory_size, config.projection_dim, config.memory_momentum)
+        if resume is not None and "memory" in resume:
+            memory.load_state_dict(resume["memory"])
+
+    def step_loss(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The loss, and the momentum network's keys of this batch when there is a memory."""
         if stage == "contrastive":
             batch, views = images.shape[:2]
             flat = images.flatten(0, 1)
             with _autocast(config, context.device):
                 features = trained(flat).view(batch, views, -1)
+            if memory is not None:
+                with _autocast(config, context.device):
+                    keys = memory.embed(flat).view(batch, views, -1)
+                return supcon_loss_with_memory(
+                    features.float(), keys, labels if config.method == "supcon" else None, *memory.queue(),
+                    temperature=config.temperature, variant=config.loss_variant,
+                    contrast_mode=config.contrast_mode, scale_by_temperature=config.scale_by_temperature), keys
             return supcon_loss(features.float(), labels if config.method == "supcon" else None,
                                temperature=config.temperature, variant=config.loss_variant,
                                contrast_mode=config.contrast_mode, scale_by_temperature=config.scale_by_temperature,
-                               max_positives=config.max_positives, chunk_size=config.loss_chunk_size)
+                               max_positives=config.max_positives, chunk_size=config.loss_chunk_size), None
         if linear:
             with torch.no_grad(), _autocast(config, context.device):
                 features = networks.classifier.features(images)  # normalised when normalize_embedding
@@ -469,7 +486,7 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
         else:
             with _autocast(config, context.device):
                 logits = trained(images)
-        return F.cross_entropy(logits.float(), labels)
+        return F.cross_entropy(logits.float(), labels), None
 
     metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, epochs):
@@ -487,11 +504,14 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
             labels = labels.to(context.device, non_blocking=True)
             if context.device.type == "cuda" and config.amp and images.dim() == 4:
                 images = images.contiguous(memory_format=torch.channels_last)
-            loss = step_loss(images, labels)
+            loss, keys = step_loss(images, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if memory is not None:  # MoCo's order: this batch's keys join the queue, then the momentum update
+                memory.enqueue(keys, labels)
+                memory.update(unwrap(trained))
             loss_sum += loss.detach().double() * len(labels)
             seen += len(labels)
             if on_step is not None:
@@ -526,8 +546,10 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
                 next_stage, next_epoch = (stage_index + 1, 0) if last else (stage_index, epoch + 1)
                 state = {"stage_index": next_stage, "epoch": next_epoch, "networks": networks.state_dict(),
                          "rng": _rng_state()}
-                if not last:  # optimizer and schedule belong to this stage only
+                if not last:  # optimizer, schedule and memory belong to this stage only
                     state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
+                    if memory is not None:
+                        state["memory"] = memory.state_dict()
                 atomic_save(state, Path(folder) / STATE_FILE)
                 checkpoint_dir = folder
             context.report(metrics, checkpoint_dir)

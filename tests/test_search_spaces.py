@@ -19,7 +19,7 @@ from study.config import AUGMENTATIONS, Config, ConfigError
 SHIPPED = (
     "paper_stability", "temperature", "batch_size", "randaugment_magnitude", "optimizer_pairs",
     "augmentation_pairs", "quick", "lr_search", "paper_stability_imagenet", "loss_variant", "positives_cap",
-    "two_stage_ce", "pretrain_epochs", "train_fraction",
+    "two_stage_ce", "pretrain_epochs", "train_fraction", "memory_bank",
 )  # fmt: skip
 
 
