@@ -79,7 +79,14 @@ def _read_table(directory: Path, stem: str, notes: list[str], required: bool) ->
 
 
 def load_study(study_dir: str | os.PathLike) -> StudyFiles:
-    """Read the tables of a study folder; raise ValueError when the folder does not exist."""
+    """Read the tables of a study folder; raise ValueError when the folder does not exist.
+
+    Example::
+
+        >>> from analysis import load_study
+        >>> files = load_study("runs/quick-digits")
+        >>> files.results.groupby("method")["test_top1"].mean()  # None for an absent table; files.notes says why
+    """
     directory = Path(study_dir)
     if not directory.is_dir():
         raise ValueError(f"study folder {str(directory)!r} does not exist; pass the folder the sweep wrote")
@@ -389,6 +396,13 @@ def build_report(
 
     Returns:
         (html_path, md_path).
+
+    Example::
+
+        >>> from analysis import build_report
+        >>> html_path, md_path = build_report("runs/quick-digits", n_boot=500)
+        >>> html_path.name, md_path.name
+        ('report.html', 'report.md')
     """
     if diverged not in DIVERGED_POLICIES:
         raise ValueError(f"diverged={diverged!r} is not a policy; allowed: {' | '.join(DIVERGED_POLICIES)}")

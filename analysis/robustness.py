@@ -122,6 +122,15 @@ def corruption_summary(table: pd.DataFrame, baseline: str = ALEXNET) -> pd.DataF
         benchmark ones first in canonical order. `attrs` holds `baseline`, `baseline_note` (one line for a
         report), `mce_corruptions` (the list averaged) and `without_baseline` (corruptions left without a CE
         column because the baseline has no numbers for them: the held-out ones under AlexNet).
+
+    Example::
+
+        >>> import pandas as pd
+        >>> from analysis import corruption_summary
+        >>> table = pd.read_parquet("runs/quick-digits/robustness.parquet")
+        >>> summary = corruption_summary(table, baseline="ce-base-seed0")  # a CE model of the table = 100
+        >>> summary[["model", "mCE", "relative_mCE", "clean_error"]]
+        >>> summary.attrs["baseline_note"]
     """
     table = check_robustness_table(table)
     models = list(dict.fromkeys(table["model"]))
@@ -187,6 +196,13 @@ def severity_table(
         value: "top1" (accuracy, percent), "error" (percent) or "ece" (expected calibration error, fraction).
         corruptions: the corruptions averaged; default the benchmark corruptions present (the held-out ones
             only when no benchmark corruption is present).
+
+    Example::
+
+        >>> import pandas as pd
+        >>> from analysis import severity_table
+        >>> table = pd.read_parquet("runs/quick-digits/robustness.parquet")
+        >>> severity_table(table, "top1").round(1)  # rows: models; columns: clean, 1, ..., 5
     """
     if value not in SEVERITY_VALUES:
         raise ValueError(f"unknown value {value!r}; allowed: {', '.join(SEVERITY_VALUES)}")

@@ -268,7 +268,17 @@ def run_training(config: Config, *, storage: str = DEFAULT_STORAGE, name: str | 
                  train_fn: TrainFn | None = None) -> dict[str, Any]:
     """Train one run under Ray Train and write `metrics.json` beside its checkpoints. Returns the metrics.
 
-    `train_fn`: the loop each worker runs, as in `build_trainer` (default `study.train.train`)."""
+    `train_fn`: the loop each worker runs, as in `build_trainer` (default `study.train.train`).
+
+    Example::
+
+        >>> from study import Config, run_training
+        >>> metrics = run_training(Config(method="ce", epochs=2), storage="./runs", name="ce-smoke")
+        >>> metrics["status"], metrics["checkpoint"]  # doctest: +ELLIPSIS
+        ('completed', '.../ce-smoke/.../model.pt')
+
+    Without Ray, in this process: `study.train.train(config, study.train.LocalContext("runs/local"))`.
+    """
     if not address or address == "local":
         check_dataset(config)  # the workers would fail on it after Ray started; on a cluster they may see other files
     connect_ray(address)

@@ -823,7 +823,16 @@ def run_robustness(
     """What `run_study.py robustness` does: evaluate checkpoints on `corrupted` (a CIFAR-C or ImageNet-C
     folder), or, without it, on a corrupted copy of `dataset`'s test split generated (or reused) under
     `<data_root>/corrupted/` at the checkpoints' image size, with corruption `profile` ("cifar" or
-    "imagenet"; None: by that size). `dataset` and `data_root` default to the first checkpoint's config."""
+    "imagenet"; None: by that size). `dataset` and `data_root` default to the first checkpoint's config.
+
+    Example::
+
+        >>> from study import run_robustness, study_checkpoints
+        >>> table = run_robustness(study_checkpoints("runs/quick-digits"),
+        ...                        output="runs/quick-digits/robustness.parquet")
+        >>> table.columns[:4].tolist()
+        ['model', 'method', 'corruption', 'severity']
+    """
     check_profile(profile)
     if corrupted is not None and profile is not None:
         raise ValueError(f"profile={profile!r} applies to generated sets only; {corrupted} is used as it is")

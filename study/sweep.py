@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import pandas as pd
 import torch
@@ -35,6 +35,7 @@ from study.tables import (HISTORY_COLUMNS, HISTORY_FILE, MODEL_FILE, RESULT_FINA
 from study.train import train
 
 STATUS_EVERY_SECONDS = 60  # a status line while trials run, between the lines of finished trials
+SpaceArgument = Union[str, "os.PathLike[str]", StudySpace]  # what `plan` and `run_sweep` take
 
 
 @dataclass(frozen=True)
@@ -223,15 +224,24 @@ class SweepPlan:
     concurrency: int | None  # None: it depends on the cluster's resources
 
 
-def plan(space_name: str, overrides: dict[str, Any] | None = None, options: SweepOptions = SweepOptions(),
+def plan(space: SpaceArgument, overrides: dict[str, Any] | None = None, options: SweepOptions = SweepOptions(),
          available: dict[str, float] | None = None) -> SweepPlan:
-    """The trials, per-trial resources and concurrency `run_sweep(space_name, overrides, options)` would use,
+    """The trials, per-trial resources and concurrency `run_sweep(space, overrides, options)` would use,
     after the same validation, without starting Ray or writing anything (--storage is only read).
 
+    `space` is what `run_sweep` takes: a shipped space's name, a path to a YAML file, or a `StudySpace`.
     Concurrency is computed for this machine (`local_resources()`, or `available`) when the sweep would
-    start a local runtime, and left out (None) for a cluster address, which is not contacted."""
+    start a local runtime, and left out (None) for a cluster address, which is not contacted.
+
+    Example::
+
+        >>> from study.sweep import SweepOptions, plan
+        >>> planned = plan("quick", {"epochs": 1}, SweepOptions(storage="./runs", name="quick-1epoch"))
+        >>> planned.num_trials, planned.study_dir.name, planned.trials[0].trial
+        (8, 'quick-1epoch', 'supcon-base-seed0')
+    """
     overrides = dict(overrides or {})
-    space = load_space(space_name)
+    space = resolve_space(space)
     name, study_dir = study_directory(space, overrides, options)
     _check_study_folder(study_dir, options)
     specs, base = _expand(space, overrides, options)
@@ -287,6 +297,45 @@ def _planned_search(space: StudySpace, method: str, overrides: dict[str, Any], o
                         seed=space.seeds[0], config=config, companions={}, samples=space.num_samples)
 
 
+def resolve_space(space: SpaceArgument) -> StudySpace:
+    """The `StudySpace` a sweep runs: `space` itself, or the space `load_space` reads from a name or a path.
+
+    A `pathlib.Path` (any `os.PathLike`) is always a file path, even without a `.yaml` suffix or a folder.
+    A `StudySpace` object is used as it is: enumerated designs expand their trials from it, so a space
+    changed with `dataclasses.replace` (fewer seeds, say) runs as changed. Search designs rebuild the space
+    in every trial from the text of `space.path`, so a search space must match its file: one that does not
+    raises `ConfigError` rather than running trials of a different space.
+
+    Example::
+
+        >>> import dataclasses
+        >>> from study.sweep import resolve_space
+        >>> resolve_space("quick").name
+        'quick'
+        >>> space = dataclasses.replace(resolve_space("quick"), seeds=(0,))
+        >>> resolve_space(space) is space
+        True
+    """
+    if isinstance(space, StudySpace):
+        if space.design == SEARCH:
+            if not space.path.is_file():
+                raise ConfigError(f"{space.label}: no such space file; a search design's trials read the space "
+                                  "from its file")
+            if parse_space(space.path.read_text(), space.path, space.label) != space:
+                raise ConfigError(f"{space.label}: the StudySpace object differs from its file; a search design's "
+                                  "trials read the space from its file, so save the changes to a file and pass its path")
+        return space
+    if isinstance(space, os.PathLike):
+        text = os.fspath(space)
+        if not (text.endswith((".yaml", ".yml")) or os.sep in text or "/" in text):
+            text = os.path.join(os.curdir, text)  # load_space would take a bare word for a space name
+        return load_space(text)
+    if isinstance(space, str):
+        return load_space(space)
+    raise ConfigError(f"space must be a space name, a path to a space file or a StudySpace, got "
+                      f"{type(space).__name__}")
+
+
 def _check_storage_read_only(storage: str) -> None:
     """`check_storage` without its write probe: a storage that is a file, or a folder that cannot be written."""
     if "://" in storage:
@@ -303,13 +352,28 @@ def _check_storage_read_only(storage: str) -> None:
         raise ConfigError(f"--storage {storage!r} is not writable ({existing}: permission denied)")
 
 
-def run_sweep(space_name: str, overrides: dict[str, Any] | None = None,
+def run_sweep(space: SpaceArgument, overrides: dict[str, Any] | None = None,
               options: SweepOptions = SweepOptions()) -> Path:
-    """Run (or resume) a study and write its tables. Returns the study folder."""
+    """Run (or resume) a study and write its tables. Returns the study folder.
+
+    `space`: a shipped space's name ("quick", "paper_stability", ...), a path to a space YAML file (a str
+    or a `Path`), or a `StudySpace` (from `load_space`, possibly changed with `dataclasses.replace`; see
+    `resolve_space`). `overrides` are config fields every trial trains with; `options` say where and how
+    the sweep runs. The folder holds `study.json`, `results.parquet` and `history.parquet`.
+
+    Example::
+
+        >>> from study.sweep import SweepOptions, run_sweep
+        >>> study_dir = run_sweep("quick", {"epochs": 1, "linear_epochs": 1},
+        ...                       SweepOptions(storage="./runs", name="quick-smoke"))
+        >>> sorted(p.name for p in study_dir.glob("*.parquet"))
+        ['history.parquet', 'results.parquet']
+    """
     import ray
 
     overrides = dict(overrides or {})
-    space = load_space(space_name)
+    space_argument = space
+    space = resolve_space(space)
     name, study_dir = study_directory(space, overrides, options)
     _check_study_folder(study_dir, options)
     trials, base = _expand(space, overrides, options)
@@ -353,7 +417,8 @@ def run_sweep(space_name: str, overrides: dict[str, Any] | None = None,
         else:
             _run_grid(trials, options, study_dir, resources, trial_options, concurrency)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: the study is resumable with\n  run_study.py sweep --space {space_name} "
+        shown = space_argument if isinstance(space_argument, str) else str(space.path)
+        print(f"\ninterrupted: the study is resumable with\n  run_study.py sweep --space {shown} "
               f"--storage {options.storage} --name {name} --resume", flush=True)
         raise
     wall = time.time() - started
