@@ -143,8 +143,10 @@ def _check_max_failures(value: int) -> None:
 def command_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # rejected here, before Ray starts or anything is written
     _check_max_failures(args.max_failures)
-    from study.launch import check_address, check_storage, run_training
+    from study.launch import check_address, check_run_name, check_storage, run_training
 
+    if args.name is not None:
+        check_run_name(args.name)
     if args.address:
         check_address(args.address)
     check_storage(args.storage)
@@ -298,7 +300,8 @@ def command_collect(args: argparse.Namespace) -> int:
 def command_robustness(args: argparse.Namespace) -> int:
     from study.checkpoint import MODEL_FILE, safe_load
     from study.launch import check_address, connect_ray
-    from study.robustness import load_corrupted, run_robustness, study_checkpoints
+    from study.corrupted_sets import load_corrupted
+    from study.robustness import run_robustness, study_checkpoints
 
     corruptions = _corruption_list(args.corruptions)
     profile = _corruption_profile(args.corruption_profile)
@@ -374,8 +377,8 @@ def command_report(args: argparse.Namespace) -> int:
 def command_quickstart(args: argparse.Namespace) -> int:
     """The main job: the `quick` study end to end (sweep, corruption evaluation, report)."""
     from analysis.report import build_report
-    from search_spaces import load_space
     from study.robustness import run_robustness, study_checkpoints
+    from study.spaces import load_space
     from study.sweep import STUDY_FILE, SweepOptions, run_sweep, study_directory
 
     overrides = {item.name: getattr(args, item.name) for item in fields(Config) if hasattr(args, item.name)}

@@ -19,17 +19,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis import paper  # noqa: E402
-from analysis import robustness as robustness_metrics  # noqa: E402
+from analysis.robustness import corruption_summary_by_model, severity_curves  # noqa: E402
+from analysis.stability import BASE, format_value, method_name, stability_trials  # noqa: E402
+from study.files import atomic_write  # noqa: E402
 from study.tables import CORRUPTION_GROUPS  # noqa: E402
-from analysis.stability import (  # noqa: E402
-    BASE, format_value, hyperparameter_importance, method_name, stability_trials,
-)
 
 __all__ = [
     "save_figure", "plot_stability_boxes", "plot_accuracy_vs", "plot_accuracy_vs_lr",
     "plot_accuracy_vs_temperature", "plot_accuracy_vs_batch_size", "plot_accuracy_vs_randaugment_magnitude",
     "plot_pair_heatmap", "plot_optimizer_pairs", "plot_augmentation_pairs", "plot_importance",
-    "hyperparameter_importance", "plot_severity", "plot_corruption_errors", "plot_mce", "corruption_groups",
+    "pair_table", "plot_severity", "plot_corruption_errors", "plot_mce", "corruption_groups",
     "method_color", "method_order",
 ]
 
@@ -49,18 +48,17 @@ def method_order(methods: Sequence[str]) -> list[str]:
 
 
 def save_figure(fig: plt.Figure, out_dir: str | os.PathLike, name: str) -> list[Path]:
-    """Write `fig` as `<out_dir>/<name>.png` and `.svg` (each through a temporary file and os.replace),
-    close it, and return both paths."""
+    """Write `fig` as `<out_dir>/<name>.png` and `.svg`, each atomically (`study.files.atomic_write`), close it,
+    and return both paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for suffix in ("png", "svg"):
-        path = out / f"{name}.{suffix}"
-        temporary = out / f".{name}.tmp.{suffix}"
-        fig.savefig(temporary, format=suffix, dpi=FIGURE_DPI, bbox_inches="tight",
-                    metadata={"Date": None} if suffix == "svg" else None)
-        os.replace(temporary, path)
-        paths.append(path)
+        def write(file, suffix: str = suffix) -> None:
+            fig.savefig(file, format=suffix, dpi=FIGURE_DPI, bbox_inches="tight",
+                        metadata={"Date": None} if suffix == "svg" else None)
+
+        paths.append(atomic_write(out / f"{name}.{suffix}", write))
     plt.close(fig)
     return paths
 
@@ -323,51 +321,6 @@ def corruption_groups() -> dict[str, tuple[str, ...]]:
     return dict(CORRUPTION_GROUPS)
 
 
-def _model_methods(robustness: pd.DataFrame) -> dict[str, str]:
-    if "method" not in robustness.columns:
-        return {}
-    pairs = robustness[["model", "method"]].drop_duplicates("model")
-    return dict(zip(pairs["model"].astype(str), pairs["method"].astype(str)))
-
-
-def _by_model(frame: pd.DataFrame) -> pd.DataFrame:
-    """A per-model table indexed by model id as strings, whether the model is the index or a column."""
-    if "model" in frame.columns:
-        frame = frame.set_index("model")
-    frame = frame.copy()
-    frame.index = frame.index.astype(str)
-    return frame
-
-
-def _has_robustness(robustness: pd.DataFrame | None) -> bool:
-    return (robustness is not None and len(robustness) > 0
-            and {"model", "corruption", "severity", "error"} <= set(robustness.columns))
-
-
-def severity_curves(robustness: pd.DataFrame, value: str = "top1") -> pd.DataFrame | None:
-    """Per model: top-1 (%, value="top1"), error (%, "error") or ECE ("ece") at clean and severities 1-5,
-    averaged over corruptions by analysis.robustness.severity_table, with a `method` column; None when
-    the table cannot give it (no table, no such column, incomplete severities)."""
-    column = "ece" if value == "ece" else "error"
-    if not _has_robustness(robustness) or column not in robustness.columns:
-        return None
-    try:
-        table = _by_model(robustness_metrics.severity_table(robustness, value=value))
-    except ValueError:
-        return None
-    table.columns = [str(c) for c in table.columns]
-    wanted = [c for c in ["clean", "1", "2", "3", "4", "5"] if c in table.columns]
-    return _with_methods(table[wanted], robustness)
-
-
-def _with_methods(table: pd.DataFrame, robustness: pd.DataFrame) -> pd.DataFrame:
-    """`table` (indexed by model) with a first `method` column taken from the robustness table."""
-    methods = _model_methods(robustness)
-    table = table.drop(columns="method", errors="ignore")
-    table.insert(0, "method", [methods.get(m, "model") for m in table.index])
-    return table
-
-
 def plot_severity(
     robustness: pd.DataFrame,
     out_dir: str | os.PathLike,
@@ -405,21 +358,6 @@ def plot_severity(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, out_dir, name or f"{value}_vs_severity")
-
-
-def corruption_summary_by_model(robustness: pd.DataFrame, baseline: str = "alexnet") -> pd.DataFrame | None:
-    """analysis.robustness.corruption_summary indexed by model (str), with a `method` column; None when
-    unavailable."""
-    if not _has_robustness(robustness):
-        return None
-    try:
-        summary = robustness_metrics.corruption_summary(robustness, baseline=baseline)
-    except ValueError:
-        return None
-    attrs = dict(summary.attrs)
-    summary = _with_methods(_by_model(summary), robustness)
-    summary.attrs.update(attrs)
-    return summary
 
 
 def _baseline_label(baseline: str) -> str:

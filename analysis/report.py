@@ -5,29 +5,33 @@ history.parquet, robustness.parquet, optuna.db), computes the stability and robu
 draws every figure the data allows, and writes `report.html` (images embedded as base64 PNG, inline CSS,
 a Content-Security-Policy that forbids any external resource, so it opens offline) and `report.md` (images
 as files in `report_figures/` beside it). It works on a study that is still running or partly failed:
-it reports what exists and says what is missing. Both files are written atomically.
+it reports what exists and says what is missing. Both files are written atomically (`study.files`).
+
+This module is the builder: it reads the study folder, computes the numbers, draws the figures and lays them
+out as an `analysis.document.Document`, which renders them to HTML and Markdown.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from analysis import paper, plots
+from analysis.document import Document, Figure, format_cell, is_number
+from analysis.robustness import corruption_summary, corruption_summary_by_model, severity_curves
 from analysis.stability import (
     BASE, DIVERGED_POLICIES, GRID, SEARCH, best_top1, chance_top1, format_value, hyperparameter_columns,
     hyperparameter_importance, method_name, spread_difference, stability_table, stability_trials, status_counts,
 )
+from study.files import atomic_write
 
 SECTIONS = (
     "What was run",
@@ -112,219 +116,8 @@ def load_study(study_dir: str | os.PathLike) -> StudyFiles:
     return files
 
 
-# --------------------------------------------------------------------------------------------- document
-@dataclass
-class Figure:
-    """A figure in the report: its PNG (embedded in HTML, linked from Markdown), title and one-line reading."""
-
-    png: Path
-    title: str
-    reading: str
-
-
-class Document:
-    """A small block list rendered twice: to self-contained HTML and to Markdown."""
-
-    def __init__(self) -> None:
-        self.blocks: list[tuple] = []
-
-    def heading(self, text: str, level: int = 2) -> None:
-        self.blocks.append(("heading", level, text))
-
-    def paragraph(self, text: str) -> None:
-        self.blocks.append(("paragraph", text))
-
-    def bullets(self, items: Iterable[str]) -> None:
-        items = list(items)
-        if items:
-            self.blocks.append(("bullets", items))
-
-    def table(self, frame: pd.DataFrame, caption: str = "", collapsible: Iterable[str] = ()) -> None:
-        """`collapsible` columns (long JSON) fold into <details> in HTML and are left out of Markdown."""
-        self.blocks.append(("table", frame, caption, tuple(collapsible)))
-
-    def figure(self, figure: Figure | None) -> None:
-        if figure is not None:
-            self.blocks.append(("figure", figure))
-
-    # ----------------------------------------------------------------- HTML
-    def to_html(self, title: str, subtitle: str) -> str:
-        e = html.escape
-        body = []
-        toc = [f'<li><a href="#{_anchor(b[2])}">{e(b[2])}</a></li>' for b in self.blocks
-               if b[0] == "heading" and b[1] == 2]
-        for block in self.blocks:
-            kind = block[0]
-            if kind == "heading":
-                _, level, text = block
-                body.append(f'<h{level} id="{_anchor(text)}">{e(text)}</h{level}>')
-            elif kind == "paragraph":
-                body.append(f"<p>{e(block[1])}</p>")
-            elif kind == "bullets":
-                body.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in block[1]) + "</ul>")
-            elif kind == "table":
-                body.append(_html_table(block[1], block[2], block[3]))
-            elif kind == "figure":
-                figure = block[1]
-                data = base64.b64encode(figure.png.read_bytes()).decode("ascii")
-                body.append(
-                    f'<figure><img src="data:image/png;base64,{data}" alt="{e(figure.title, quote=True)}">'
-                    f"<figcaption><b>{e(figure.title)}.</b> {e(figure.reading)}</figcaption></figure>"
-                )
-        return "\n".join([
-            "<!DOCTYPE html>",
-            '<html lang="en">',
-            "<head>",
-            '<meta charset="utf-8">',
-            # Nothing outside this file may load: the report must open offline, identically anywhere.
-            '<meta http-equiv="Content-Security-Policy" '
-            "content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">",
-            '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            f"<title>{e(title)}</title>",
-            f"<style>{_CSS}</style>",
-            "</head>",
-            "<body>",
-            f"<header><h1>{e(title)}</h1><p class=\"subtitle\">{e(subtitle)}</p>",
-            '<nav><ol>' + "".join(toc) + "</ol></nav></header>",
-            "<main>",
-            *body,
-            "</main>",
-            "</body>",
-            "</html>",
-            "",
-        ])
-
-    # ----------------------------------------------------------------- Markdown
-    def to_markdown(self, title: str, subtitle: str, figure_dir: Path, base: Path) -> str:
-        lines = [f"# {_md_text(title)}", "", f"_{_md_text(subtitle)}_", ""]
-        for block in self.blocks:
-            kind = block[0]
-            if kind == "heading":
-                lines += ["#" * block[1] + " " + _md_text(block[2]), ""]
-            elif kind == "paragraph":
-                lines += [_md_text(block[1]), ""]
-            elif kind == "bullets":
-                lines += [f"- {_md_text(item)}" for item in block[1]] + [""]
-            elif kind == "table":
-                frame, caption, collapsible = block[1], block[2], block[3]
-                if caption:
-                    lines += [f"_{_md_text(caption)}_", ""]
-                lines += [_md_table(frame.drop(columns=list(collapsible), errors="ignore")), ""]
-            elif kind == "figure":
-                figure = block[1]
-                relative = os.path.relpath(figure.png, base).replace(os.sep, "/")
-                svg = Path(relative).with_suffix(".svg").as_posix()
-                lines += [f"![{_md_text(figure.title)}]({relative})", "",
-                          f"**{_md_text(figure.title)}.** {_md_text(figure.reading)} ([SVG]({svg}))", ""]
-        return "\n".join(lines)
-
-
-_CSS = """
-body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;color:#1d1d1f;background:#fff}
-header,main{max-width:1100px;margin:0 auto;padding:0 24px}
-header{padding-top:16px;border-bottom:1px solid #ddd}
-h1{font-size:1.7em;margin:0.4em 0 0.1em}
-h2{font-size:1.35em;margin-top:1.8em;border-bottom:1px solid #eee;padding-bottom:4px}
-h3{font-size:1.1em;margin-top:1.4em}
-.subtitle{color:#555;margin-top:0}
-nav ol{columns:2;font-size:0.95em}
-a{color:#1f5fa8}
-table{border-collapse:collapse;margin:0.6em 0 1.2em;font-size:0.85em;display:block;overflow-x:auto;max-width:100%}
-caption{caption-side:top;text-align:left;font-style:italic;color:#444;padding-bottom:4px}
-th,td{border:1px solid #ddd;padding:3px 7px;text-align:left;vertical-align:top;white-space:nowrap}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-th{background:#f4f5f7}
-tr:nth-child(even) td{background:#fafafa}
-td.long{white-space:normal;min-width:18em;max-width:40em}
-details pre{white-space:pre-wrap;max-width:40em;font-size:0.9em}
-figure{margin:1em 0 1.8em}
-figure img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption{font-size:0.92em;color:#333;margin-top:4px}
-"""
-
-
-def _anchor(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
-
-
-def _cell(value: Any, whole: bool = False) -> str:
-    """A table cell as text: missing values as an en dash; floats with 2 decimals (3 significant digits
-    below 0.01), or as integers when `whole` (every number of the column is whole)."""
-    if value is None:
-        return "–"
-    if isinstance(value, (float, np.floating)):
-        if math.isnan(value):
-            return "–"
-        if whole and float(value).is_integer():
-            return str(int(value))
-        return f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.3g}"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, default=str)
-    text = str(value)
-    return "–" if text in ("nan", "None", "<NA>") else text
-
-
-def _whole_columns(frame: pd.DataFrame) -> set[str]:
-    """Numeric columns whose finite values are all whole numbers (counts, batch sizes, seeds)."""
-    whole = set()
-    for column in frame.columns:
-        values = pd.to_numeric(frame[column], errors="coerce") if pd.api.types.is_numeric_dtype(frame[column]) \
-            else pd.Series(dtype=float)
-        finite = values[np.isfinite(values)] if len(values) else values
-        if len(finite) and (finite == finite.round()).all():
-            whole.add(column)
-    return whole
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _html_table(frame: pd.DataFrame, caption: str, collapsible: tuple[str, ...]) -> str:
-    e = html.escape
-    parts = ["<table>"]
-    if caption:
-        parts.append(f"<caption>{e(caption)}</caption>")
-    parts.append("<thead><tr>" + "".join(f"<th>{e(str(c))}</th>" for c in frame.columns) + "</tr></thead><tbody>")
-    whole = _whole_columns(frame)
-    for row in frame.itertuples(index=False):
-        cells = []
-        for column, value in zip(frame.columns, row):
-            text = _cell(value, column in whole)
-            if column in collapsible and text != "–":
-                cells.append(f'<td class="long"><details><summary>show</summary><pre>{e(text)}</pre></details></td>')
-            elif _is_number(value):
-                cells.append(f'<td class="num">{e(text)}</td>')
-            elif len(text) > 60:
-                cells.append(f'<td class="long">{e(text)}</td>')
-            else:
-                cells.append(f"<td>{e(text)}</td>")
-        parts.append("<tr>" + "".join(cells) + "</tr>")
-    parts.append("</tbody></table>")
-    return "".join(parts)
-
-
-def _md_text(text: str) -> str:
-    """Text safe inside Markdown: HTML-special characters as entities, no line breaks inside a block."""
-    return html.escape(str(text), quote=False).replace("\n", " ")
-
-
-def _md_table(frame: pd.DataFrame) -> str:
-    def cell(value: Any, whole: bool = False) -> str:
-        return _md_text(_cell(value, whole)).replace("\\", "\\\\").replace("|", "\\|")
-
-    whole = _whole_columns(frame)
-    header = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
-    rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(frame[c]) else "---" for c in frame.columns) + "|"
-    rows = ["| " + " | ".join(cell(v, c in whole) for c, v in zip(frame.columns, row)) + " |"
-            for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *rows])
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda file: file.write(text.encode("utf-8")))
 
 
 # --------------------------------------------------------------------------------------------- numbers
@@ -418,8 +211,8 @@ def build_report(
     subtitle = (f"{info.get('dataset', 'dataset unknown')}, {info.get('model', 'model unknown')}; report generated "
                 f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} from {files.directory}")
     html_path, md_path = out / "report.html", out / "report.md"
-    _write_atomically(html_path, document.to_html(title, subtitle))
-    _write_atomically(md_path, document.to_markdown(title, subtitle, figure_dir, out))
+    _write_text(html_path, document.to_html(title, subtitle))
+    _write_text(md_path, document.to_markdown(title, subtitle, figure_dir, out))
     # Figures of an earlier report that this one no longer draws would mislead a reader of the folder.
     drawn = {p.name for f in builder.figures for p in (f.png, f.png.with_suffix(".svg"))}
     for stale in figure_dir.glob("*"):
@@ -728,11 +521,9 @@ class _ReportBuilder:
             return None, ""
         if self.baseline is None:
             self.baseline = self._default_baseline(robustness)
-        summary = self._try("robustness summary", lambda: plots.corruption_summary_by_model(robustness, self.baseline))
+        summary = self._try("robustness summary", lambda: corruption_summary_by_model(robustness, self.baseline))
         if summary is None:
-            from analysis import robustness as metrics
-
-            self._try("robustness summary", lambda: metrics.corruption_summary(robustness, baseline=self.baseline))
+            self._try("robustness summary", lambda: corruption_summary(robustness, baseline=self.baseline))
             return None, ""
         return summary, str(summary.attrs.get("baseline_note", f"baseline {self.baseline} = 100"))
 
@@ -785,7 +576,7 @@ class _ReportBuilder:
             document.paragraph("The robustness table is incomplete or invalid, so mCE cannot be computed yet; "
                                "see Problems and missing pieces.")
         is_imagenet = paper.dataset_key(str(self.info.get("dataset", ""))) == "imagenet"
-        curves = plots.severity_curves(robustness, "top1")
+        curves = severity_curves(robustness, "top1")
         reference = ({f"paper {method_name(m)} {model}": v for (m, model), v in paper.SEVERITY_TOP1.items()
                       if model == "resnet50"} if is_imagenet else None)
         document.figure(self._figure(
@@ -794,7 +585,7 @@ class _ReportBuilder:
             "Top-1 vs corruption severity, mean over corruptions (paper Supp. Table 6)",
             _severity_reading(curves, "top-1", 1, "%")))
         if "ece" in robustness.columns:
-            ece = plots.severity_curves(robustness, "ece")
+            ece = severity_curves(robustness, "ece")
             reference = ({f"paper {method_name(m)} {model}": v for (m, model), v in paper.SEVERITY_ECE.items()}
                          if is_imagenet else None)
             document.figure(self._figure(
@@ -954,14 +745,14 @@ class _ReportBuilder:
 
 
 def _describe(key: str, value: Any) -> str:
-    if key == "wall_seconds" and _is_number(value) and np.isfinite(value):
+    if key == "wall_seconds" and is_number(value) and np.isfinite(value):
         seconds = int(round(float(value)))
         return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m {seconds % 60:02d}s ({seconds} s)"
     if isinstance(value, dict):
         return ", ".join(f"{k}: {_describe(k, v)}" for k, v in value.items())
     if isinstance(value, (list, tuple)):
         return ", ".join(_describe(key, v) for v in value) if value else "none"
-    return _cell(value)
+    return format_cell(value)
 
 
 def _sentence(text: str) -> str:

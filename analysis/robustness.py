@@ -35,6 +35,8 @@ __all__ = [
     "corruption_summary",
     "severity_table",
     "check_robustness_table",
+    "severity_curves",
+    "corruption_summary_by_model",
 ]
 
 # AlexNet's top-1 error on ImageNet-C per corruption, averaged over severities, and on clean ImageNet
@@ -285,3 +287,66 @@ def _ratio(numerator: float, denominator: float) -> float:
 def _corruption_order(name: str) -> tuple[int, str]:
     order = BENCHMARK_CORRUPTIONS + HELD_OUT_CORRUPTIONS
     return (order.index(name), name) if name in order else (len(order), name)
+
+
+# ------------------------------------------------------------------------------------- per-model tables
+# What the figures and the report show: the summaries indexed by model id with each model's method, or None
+# when the table cannot give them (no table, missing columns or severities), so a report works on any study.
+def _model_methods(robustness: pd.DataFrame) -> dict[str, str]:
+    if "method" not in robustness.columns:
+        return {}
+    pairs = robustness[["model", "method"]].drop_duplicates("model")
+    return dict(zip(pairs["model"].astype(str), pairs["method"].astype(str)))
+
+
+def _by_model(frame: pd.DataFrame) -> pd.DataFrame:
+    """A per-model table indexed by model id as strings, whether the model is the index or a column."""
+    if "model" in frame.columns:
+        frame = frame.set_index("model")
+    frame = frame.copy()
+    frame.index = frame.index.astype(str)
+    return frame
+
+
+def _has_robustness(robustness: pd.DataFrame | None) -> bool:
+    return (robustness is not None and len(robustness) > 0
+            and {"model", "corruption", "severity", "error"} <= set(robustness.columns))
+
+
+def severity_curves(robustness: pd.DataFrame, value: str = "top1") -> pd.DataFrame | None:
+    """Per model: top-1 (%, value="top1"), error (%, "error") or ECE ("ece") at clean and severities 1-5,
+    averaged over corruptions by `severity_table`, with a `method` column; None when
+    the table cannot give it (no table, no such column, incomplete severities)."""
+    column = "ece" if value == "ece" else "error"
+    if not _has_robustness(robustness) or column not in robustness.columns:
+        return None
+    try:
+        table = _by_model(severity_table(robustness, value=value))
+    except ValueError:
+        return None
+    table.columns = [str(c) for c in table.columns]
+    wanted = [c for c in ["clean", "1", "2", "3", "4", "5"] if c in table.columns]
+    return _with_methods(table[wanted], robustness)
+
+
+def _with_methods(table: pd.DataFrame, robustness: pd.DataFrame) -> pd.DataFrame:
+    """`table` (indexed by model) with a first `method` column taken from the robustness table."""
+    methods = _model_methods(robustness)
+    table = table.drop(columns="method", errors="ignore")
+    table.insert(0, "method", [methods.get(m, "model") for m in table.index])
+    return table
+
+
+def corruption_summary_by_model(robustness: pd.DataFrame, baseline: str = ALEXNET) -> pd.DataFrame | None:
+    """`corruption_summary` indexed by model (str), with a `method` column; None when
+    unavailable."""
+    if not _has_robustness(robustness):
+        return None
+    try:
+        summary = corruption_summary(robustness, baseline=baseline)
+    except ValueError:
+        return None
+    attrs = dict(summary.attrs)
+    summary = _with_methods(_by_model(summary), robustness)
+    summary.attrs.update(attrs)
+    return summary

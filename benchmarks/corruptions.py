@@ -121,7 +121,7 @@ def generate(images: np.ndarray, labels: np.ndarray, folder: Path, corruptions: 
 
 def read_back(folder: Path) -> float:
     """Seconds to open the set with load_cifar_c and read every image once."""
-    from study.robustness import load_cifar_c
+    from study.corrupted_sets import load_cifar_c
 
     started = time.perf_counter()
     total = 0

@@ -67,7 +67,7 @@ def write_spaces(folder: Path, epochs: int, asha_options: dict = ASHA) -> tuple[
 
 def run_plain(grid_path: Path, folder: Path) -> pd.DataFrame:
     """The grid's trials one after another in this process (torch at 1 thread, as in a 1-CPU Tune trial)."""
-    from search_spaces import load_space
+    from study.spaces import load_space
     from study.train import LocalContext, train
 
     rows = []

@@ -48,17 +48,17 @@ _LAZY = {
     "collect": "study.sweep",
     "run_robustness": "study.robustness",
     "study_checkpoints": "study.robustness",
-    "StudySpace": "search_spaces",
-    "load_space": "search_spaces",
-    "list_spaces": "search_spaces",
+    "StudySpace": "study.spaces",
+    "load_space": "study.spaces",
+    "list_spaces": "study.spaces",
 }
 
 __all__ = ["Config", "ConfigError", *_LAZY]
 
 if TYPE_CHECKING:  # what IDEs and type checkers see
-    from search_spaces import StudySpace, list_spaces, load_space
     from study.launch import run_training
     from study.robustness import run_robustness, study_checkpoints
+    from study.spaces import StudySpace, list_spaces, load_space
     from study.sweep import SweepOptions, SweepPlan, collect, plan, run_sweep
     from study.train import LocalContext
 

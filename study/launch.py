@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -259,6 +260,19 @@ def dataset_slug(dataset: str) -> str:
     return dataset.replace("imagefolder:", "").rstrip("/").split("/")[-1] or "data"
 
 
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
+
+
+def check_run_name(name: str) -> str:
+    """A run or study name is one folder name under --storage: letters, digits and _ . = + - (first a letter
+    or digit), so no name can reach outside --storage (`..`, `/`) and overwrite another run on a shared
+    bucket. Raises ConfigError naming the value."""
+    if not isinstance(name, str) or not _RUN_NAME.fullmatch(name) or len(name) > 200:
+        raise ConfigError(f"invalid --name {name!r}; allowed: one folder name (letters, digits and _ . = + -, "
+                          "starting with a letter or digit, at most 200 characters), which stays under --storage")
+    return name
+
+
 def default_run_name(config: Config) -> str:
     return f"{config.method}-{dataset_slug(config.dataset)}-{config.model}-seed{config.seed}"
 
@@ -282,7 +296,7 @@ def run_training(config: Config, *, storage: str = DEFAULT_STORAGE, name: str | 
     if not address or address == "local":
         check_dataset(config)  # the workers would fail on it after Ray started; on a cluster they may see other files
     connect_ray(address)
-    name = name or default_run_name(config)
+    name = check_run_name(name or default_run_name(config))
     result = build_trainer(config, storage=storage, name=name, max_failures=max_failures,
                            train_fn=train_fn).fit()
     if result.error is not None:

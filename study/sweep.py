@@ -25,11 +25,11 @@ from typing import Any, Union
 import pandas as pd
 import torch
 
-from search_spaces import StudySpace, TrialSpec, load_space, parse_space
 from study.config import Config, ConfigError
 from study.files import write_json, write_table
-from study.launch import (RayContext, build_trainer, check_address, check_dataset, check_storage, connect_ray,
-                          dataset_slug, quiet_ray_train_info, storage_uri)
+from study.launch import (RayContext, build_trainer, check_address, check_dataset, check_run_name, check_storage,
+                          connect_ray, dataset_slug, quiet_ray_train_info, storage_uri)
+from study.spaces import StudySpace, TrialSpec, load_space, parse_space
 from study.tables import (HISTORY_COLUMNS, HISTORY_FILE, MODEL_FILE, RESULT_FINAL_COLUMNS, RESULT_ID_COLUMNS,
                           RESULTS_FILE, SEARCH, STUDY_FILE)
 from study.train import train
@@ -178,7 +178,7 @@ def _check_datasets(trials: list[TrialSpec], base: Config) -> None:
 
 def study_directory(space: StudySpace, overrides: dict[str, Any], options: SweepOptions) -> tuple[str, Path]:
     dataset = space.base_config(space.methods[0], overrides=overrides).dataset
-    name = options.name or f"{space.name}-{dataset_slug(dataset)}"
+    name = check_run_name(options.name or f"{space.name}-{dataset_slug(dataset)}")
     return name, Path(storage_uri(options.storage)) / name
 
 

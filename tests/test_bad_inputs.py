@@ -83,6 +83,11 @@ CASES = [
     Case("override out of range", lambda r: ["sweep", "--space", "quick", "--epochs", "0"], "epochs=0"),
     Case("override of a varied field", lambda r: ["sweep", "--space", "quick", "--lr", "0.1"], "'lr'"),
     Case("resume of a folder that is not a study", not_a_study, "someone-elses-folder"),
+    # a name is one folder under --storage: a stray '..' would write outside it (issue 13)
+    Case("sweep name that leaves the storage", lambda r: ["sweep", "--space", "quick", "--name", "../../elsewhere"],
+         "'../../elsewhere'"),
+    Case("sweep name with a slash", lambda r: ["sweep", "--space", "quick", "--name", "a/b"], "'a/b'"),
+    Case("train name that leaves the storage", lambda r: ["train", "--name", "../elsewhere"], "'../elsewhere'"),
     Case("storage that is a file", storage_file, "runs.txt"),
     Case("storage beneath a file", lambda r: ["sweep", "--storage", str(storage_file(r)[-1]) + "/runs"], "runs.txt"),
     Case("storage on a read-only filesystem", lambda r: ["sweep", "--storage", "/sys/supcon-runs"], "/sys/supcon-runs"),

@@ -15,8 +15,8 @@ import pytest
 
 import run_study
 import study.sweep
-from search_spaces import StudySpace, list_spaces, load_space
 from study.config import Config
+from study.spaces import StudySpace, list_spaces, load_space
 from study.sweep import (SweepOptions, _spec_json, _trial_row, local_resources, max_concurrency, plan,
                          prepare_trials, trial_resources)
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import study.train
-from search_spaces import SPACES_DIR, list_spaces, load_space
 from study.config import Config
 from study.optim import LINEAR_RMSPROP_EPSILON, RMSPROP_EPSILON, build_optimizer
+from study.spaces import SPACES_DIR, list_spaces, load_space
 
 CIFAR_DATASETS = ("cifar10", "cifar100")
 GRID_AND_ONE_AT_A_TIME = [name for name in list_spaces() if load_space(name).design != "search"]

@@ -12,6 +12,8 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from analysis import plots
+from analysis.robustness import severity_curves
+from analysis.stability import hyperparameter_importance
 
 BASE = {"augmentation": "autoaugment", "optimizer": "sgd", "lr": 0.5, "temperature": 0.1, "batch_size": 256,
         "randaugment_m": 9}
@@ -132,7 +134,7 @@ def test_pair_heatmaps(tmp_path):
 
 
 def test_importance_plot(tmp_path):
-    importance = plots.hyperparameter_importance(synthetic_results())
+    importance = hyperparameter_importance(synthetic_results())
     assert set(importance["method"]) == {"supcon", "ce"}
     assert_images(plots.plot_importance(importance, tmp_path), "importance")
 
@@ -143,7 +145,7 @@ def test_robustness_plots(tmp_path):
         assert_images(plots.plot_severity(robustness, tmp_path, value=value), f"severity {value}")
     assert_images(plots.plot_corruption_errors(robustness, tmp_path, baseline="ce_00_s0"), "CE bars")
     assert_images(plots.plot_mce(robustness, tmp_path, reference={"paper CE R50": (68.6, 96.2)}), "mCE")
-    curves = plots.severity_curves(robustness, "top1")
+    curves = severity_curves(robustness, "top1")
     assert list(curves.columns) == ["method", "clean", "1", "2", "3", "4", "5"]
     assert curves.loc["ce_00_s0", "clean"] == pytest.approx(90.0)
     with pytest.raises(ValueError, match="top1 \\| error \\| ece"):
@@ -253,7 +255,7 @@ def test_every_figure_stays_legible_at_study_size(tmp_path, drawn_figures):
         "stability boxes": plots.plot_stability_boxes(results, tmp_path),
         "accuracy vs lr": plots.plot_accuracy_vs_lr(results, tmp_path),
         "accuracy vs temperature": plots.plot_accuracy_vs_temperature(results, tmp_path),
-        "importance": plots.plot_importance(plots.hyperparameter_importance(results), tmp_path),
+        "importance": plots.plot_importance(hyperparameter_importance(results), tmp_path),
         "optimizer pairs": plots.plot_optimizer_pairs(synthetic_pairs(), tmp_path),
         "severity": plots.plot_severity(robustness, tmp_path, value="top1"),
         "corruption errors": plots.plot_corruption_errors(robustness, tmp_path),

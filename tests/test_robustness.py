@@ -19,17 +19,10 @@ from PIL import Image
 from torch import nn
 
 from study.corruptions import corrupt
-from study.robustness import (
-    ROBUSTNESS_COLUMNS,
-    corrupted_set_for_dataset,
-    evaluate_checkpoints,
-    evaluate_model,
-    expected_calibration_error,
-    generate_corrupted_set,
-    load_cifar_c,
-    load_corrupted,
-    load_imagenet_c,
-)
+from study.corrupted_sets import load_cifar_c, load_corrupted, load_imagenet_c
+from study.evaluate import evaluate_model, expected_calibration_error
+from study.robustness import corrupted_set_for_dataset, evaluate_checkpoints, generate_corrupted_set
+from study.tables import ROBUSTNESS_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -231,7 +224,7 @@ KILLED_WRITER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     import numpy as np
-    from study.robustness import _NpyWriter
+    from study.corrupted_sets import NpyWriter as _NpyWriter
 
     writer = _NpyWriter(Path(sys.argv[1]) / "gaussian_noise.npy", (35, 16, 16, 3))
     writer.write(0, np.full((7, 16, 16, 3), 7, np.uint8))

@@ -13,8 +13,8 @@ import optuna
 import pytest
 import yaml
 
-from search_spaces import StudySpace, list_spaces, load_space
 from study.config import AUGMENTATIONS, Config, ConfigError
+from study.spaces import StudySpace, list_spaces, load_space
 
 SHIPPED = (
     "paper_stability", "temperature", "batch_size", "randaugment_magnitude", "optimizer_pairs",

@@ -128,7 +128,7 @@ scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
     assert len(results) == 3 and set(results["varied"]) == {"search"}
     assert set(results["status"]) <= {"completed", "stopped_early"}
     # The sampler is seeded with the space's first seed: the sweep sampled what a seeded study asks for.
-    from search_spaces import load_space
+    from study.spaces import load_space
 
     seeded = optuna.create_study(sampler=load_space(str(space)).make_sampler(seed=0))
     expected = [seeded.ask({"lr": optuna.distributions.FloatDistribution(0.05, 1.0, log=True)}).params["lr"]
