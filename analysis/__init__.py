@@ -7,7 +7,7 @@ Everything here is a pure function of the tables a study folder holds (`results.
 - `load_study(study_dir)`: the folder's tables (`.results`, `.history`, `.robustness`, `.info`).
 - `build_report(study_dir)`: writes `report.html` (self-contained) and `report.md`; returns both paths.
 - Stability (`analysis.stability`), each taking a results table: `stability_table` (spread of top-1 per
-  hyperparameter family and method, with bootstrap intervals), `spread_difference` (SupCon minus
+  hyperparameter family and method, with intervals that re-simulate the seed noise), `spread_difference` (SupCon minus
   cross-entropy spread per family, with a verdict), `best_top1` (best setting per method, selected on
   validation), `stability_trials` (the long per-trial table behind them), `status_counts` and
   `hyperparameter_importance`.

@@ -185,7 +185,8 @@ def build_report(
         baseline: Corruption Error baseline: "alexnet" (published ImageNet-C errors) or a model id of the
             robustness table; default AlexNet for ImageNet, else the cross-entropy model with the lowest
             clean error.
-        confidence, n_boot, seed: the bootstrap's interval level, replicates and random seed.
+        confidence, n_boot, seed: the intervals' level, and the replicates and random seed of the
+            spread intervals' parametric bootstrap (analysis/stability.py).
 
     Returns:
         (html_path, md_path).
@@ -372,7 +373,7 @@ class _ReportBuilder:
             document.paragraph(self._policy_sentence())
             document.paragraph(
                 f"Best setting per method, chosen by validation top-1 so the test number is not selected on the "
-                f"test set; top-1 is the mean over that setting's seeds with a {self.confidence:.0%} bootstrap "
+                f"test set; top-1 is the mean over that setting's seeds with a {self.confidence:.0%} Student-t "
                 f"interval over seeds.")
             best = self.best.copy()
             reference = paper.table2_top1(str(self.info.get("dataset", "")))
@@ -388,8 +389,8 @@ class _ReportBuilder:
             document.paragraph(self._best_reading())
             document.paragraph(
                 "Spread of top-1 over each hyperparameter's settings (seed means); range = best minus worst "
-                "setting, worst drop = the validation-chosen setting minus the worst. Intervals resample seeds "
-                "within each setting.")
+                "setting, worst drop = the validation-chosen setting minus the worst. Intervals are for the spread "
+                "of the settings' true means: they re-simulate the seed noise measured within settings.")
             document.table(_spread_frame(self.table, self.confidence), "Spread per hyperparameter family")
             if self.difference is not None and len(self.difference):
                 document.table(_difference_frame(self.difference, self.confidence),

@@ -14,33 +14,62 @@ Trial statuses:
 - `failed` (a crash), `stopped_early` (ASHA cut its budget) and anything else (still running): left out
   and counted.
 
-Uncertainty comes from a bootstrap over seeds: within each setting its seeds are resampled with
-replacement. Resampled deviations from the setting's mean are inflated by sqrt(n / (n - 1)) so that a
-resampled mean has the variance of a sample mean (the plain bootstrap understates it by (n - 1) / n,
-which matters with 3 seeds), and intervals for spreads are *basic* (reverse-percentile) intervals, which
-correct the upward bias that seed noise gives any spread estimate. With one seed per setting there is
-nothing to resample and the intervals are NaN.
+Intervals (issue 11, item 8). The model: within a cell (one family and method), seed j of setting k
+scores x_kj = mu_k + e_kj with independent Gaussian seed noise e_kj ~ N(0, sigma^2), one sigma for all
+settings of the cell (a diverged seed counted as chance enters as a value like any other). The intervals
+are for the spread of the *true* setting means mu_k, which the table's std (ddof=1) and range estimate
+from the observed setting means; spread_difference's are for the SupCon-minus-cross-entropy difference of
+those spreads; best_top1's is for the true mean of one setting. Seed noise inflates any spread of
+observed means (E std^2 = std(mu)^2 + sigma^2 / n), by an amount that depends on the true spread itself,
+so no shift of a bootstrap distribution (the basic interval the tables used before) removes it; and
+resampling 3 seeds (10 distinct resamples) understates the noise. That seed bootstrap covered 76-89% at
+nominal 90% for spreads and 69-82% for one setting's mean (benchmarks/coverage.py).
+
+Method: a parametric bootstrap of the seed noise, inverted as a test. For a candidate true spread theta,
+the setting means of spread theta closest to the observed ones are: for the std, the observed means
+scaled about their mean (the std's distribution depends on mu only through its std, so the choice is
+immaterial there); for the range, below the observed range the observed means clipped into the window of
+width theta that moves them least (weighted least squares), above it the average of the least-squares
+stretch (only the two extreme settings move out) and of scaling about the mean. Neither is exact for the
+range, whose distribution depends on how close the other settings are to the extremes: in simulation the
+stretch alone over-covered when several settings are near-tied at an extreme, the scaling alone
+under-covered when the extremes stand clear. Each of n_boot replicates adds simulated noise, sigma *
+z_k / sqrt(n_k), to those means, with sigma^2 drawn from its fiducial distribution sigma_hat^2 *
+df / chi2(df) (sigma_hat^2 the pooled within-setting variance, df = sum(n_k - 1)), so the few degrees of
+freedom of a 3-seed study are paid for instead of taking sigma_hat for sigma (which covered about 83%).
+A replicate's draw is the largest theta at which its simulated spread is still below the observed one
+(0 when its noise alone spreads more): a generalized pivotal quantity whose distribution is the test's
+p-value function, and the interval is its central quantiles. For the std with sigma known this is the
+exact noncentral chi-square interval. The interval can lie below the observed spread, and is [0, 0] when
+the observed spread is smaller than noise alone makes it more than (1 + c) / 2 of the time. A difference
+pairs the two cells' draws replicate by replicate, their sigmas drawn with one shared chi-square on
+Welch-Satterthwaite degrees of freedom (independent draws, Fisher's Behrens-Fisher solution, over-cover:
+92-93% at nominal 90%). One setting's mean gets the Student t interval (exact under the model). With no
+setting of 2 or more seeds, or fewer than 2 settings, there is no noise estimate and the intervals are
+NaN.
+
+Measured coverage (`python -m benchmarks.coverage`, 1000 studies of the paper_stability sizes per seed
+count, seed noise sd 0.5; BENCHMARKS.md section 5): at nominal 90%, 0.873-0.921 for the 24 spread
+intervals and 0.886-0.910 for the 12 differences at 3 and 5 seeds (the old seed bootstrap: 0.757-0.888);
+at nominal 95% and 3 seeds, 0.942-0.956. Where the seed noise dominates a small family's spread the
+intervals turn conservative (0.94 at nominal 90% for 3 settings whose spread is half a seed mean's noise).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-STATUSES = ("completed", "diverged", "failed", "stopped_early")
+from study.tables import BASE, GRID, SEARCH, STATUSES
+from study.tables import hyperparameter_columns as _hyperparameter_columns
+
 DIVERGED_POLICIES = ("chance", "apart")
-# `varied` values that are not a hyperparameter name.
-BASE, GRID, SEARCH = "base", "grid", "search"
 DESIGN_FAMILIES = (GRID, SEARCH)
-# Columns of the results table that are not hyperparameters.
-STANDARD_COLUMNS = (
-    "study", "trial_id", "method", "varied", "seed", "status", "epochs_run", "val_top1", "val_top5",
-    "test_top1", "test_top5", "wall_seconds", "checkpoint", "error", "config",
-)
 # Classes of the named datasets, for chance accuracy when a config does not carry `num_classes`.
 DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
 METHOD_NAMES = {"supcon": "SupCon", "ce": "cross-entropy", "simclr": "SimCLR"}
@@ -53,8 +82,9 @@ def method_name(method: str) -> str:
 
 
 def hyperparameter_columns(results: pd.DataFrame) -> list[str]:
-    """The hyperparameter columns of a results table: every column that is not a standard one."""
-    return [c for c in results.columns if c not in STANDARD_COLUMNS]
+    """The hyperparameter columns of a results table: every column the schema (study/tables.py) does not
+    define, so nothing of the runtime (node, trial id, paths, timings) is ever taken for a hyperparameter."""
+    return _hyperparameter_columns(results.columns)
 
 
 def format_value(value: object) -> str:
@@ -265,32 +295,12 @@ def _empty_trials() -> pd.DataFrame:
     ])
 
 
-# ------------------------------------------------------------------------------------- bootstrap
-def _padded(groups: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    sizes = np.array([len(g) for g in groups], dtype=int)
-    values = np.full((len(groups), max(sizes.max(initial=1), 1)), np.nan)
-    for k, group in enumerate(groups):
-        values[k, : len(group)] = group
-    return values, sizes
-
-
-def bootstrap_setting_means(
-    groups: Sequence[np.ndarray], n_boot: int, rng: np.random.Generator
-) -> np.ndarray:
-    """Bootstrap replicates of each setting's seed mean: array [n_boot, n_settings].
-
-    `groups[k]` holds setting k's per-seed values. Seeds are resampled with replacement within each
-    setting, and resampled deviations from the setting's mean are inflated by sqrt(n / (n - 1)) so the
-    replicate means have the variance of a sample mean. A setting with one seed stays fixed."""
-    values, sizes = _padded(groups)
-    n_settings, width = values.shape
-    draws = np.floor(rng.random((n_boot, n_settings, width)) * sizes[None, :, None]).astype(int)
-    resampled = np.take_along_axis(np.broadcast_to(values, (n_boot, n_settings, width)), draws, axis=2)
-    mask = np.arange(width)[None, None, :] < sizes[None, :, None]
-    means = np.nanmean(values, axis=1)
-    inflation = np.sqrt(sizes / np.maximum(sizes - 1, 1)) * (sizes > 1)
-    sums = np.where(mask, resampled - means[None, :, None], 0.0).sum(axis=2)
-    return means[None, :] + inflation[None, :] * sums / sizes[None, :]
+# ------------------------------------------------------------------------------------- intervals
+SPREAD_STATISTICS = ("std", "range")
+# Candidate true spreads on which a replicate's simulated range is followed: a coarse pass over [0, top],
+# then a fine pass over the span where the replicates' roots lie. `top` (see _range_roots) is a spread at
+# which all but a fraction _TOP_TAIL of the replicates have reached the observed range.
+_COARSE_GRID, _FINE_GRID, _TOP_TAIL = 24, 104, 1e-3
 
 
 def spread(setting_means: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
@@ -298,23 +308,262 @@ def spread(setting_means: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.nd
     return np.std(setting_means, axis=axis, ddof=1), np.ptp(setting_means, axis=axis)
 
 
-def basic_interval(estimate: float, replicates: np.ndarray, confidence: float) -> tuple[float, float]:
-    """Basic (reverse-percentile) bootstrap interval: [2 est - q_hi, 2 est - q_lo]."""
-    low_q, high_q = np.quantile(replicates, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return float(2 * estimate - high_q), float(2 * estimate - low_q)
+@dataclass(frozen=True)
+class SpreadConfidence:
+    """Fiducial draws of one spread (`statistic`: "std" or "range") of a cell's true setting means.
+
+    `draws[b]` is the largest true spread at which noise replicate b, added to the setting means of that
+    spread, still spreads less than the observed `estimate` (0 when the replicate's noise alone already
+    spreads more): the generalized pivotal quantity of the module docstring. Their distribution is a confidence
+    distribution: its quantiles are confidence limits. Kept in replicate order, so that two cells
+    simulated with the same seed-noise scales can be paired replicate by replicate."""
+
+    statistic: str
+    estimate: float
+    draws: np.ndarray
+
+    def interval(self, confidence: float) -> tuple[float, float]:
+        """Central interval: the (1 - c) / 2 and (1 + c) / 2 quantiles of the draws for c = `confidence`.
+
+        [0, 0] when more than (1 + c) / 2 of the replicates spread more than observed from noise alone,
+        i.e. the observed spread is smaller than seed noise by itself makes it (the usual convention of
+        intervals from noncentral distributions)."""
+        _check_confidence(confidence)
+        low, high = np.quantile(self.draws, [(1 - confidence) / 2, (1 + confidence) / 2])
+        return float(low), float(high)
 
 
-def percentile_interval(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
-    """Percentile bootstrap interval."""
-    low_q, high_q = np.quantile(replicates, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return float(low_q), float(high_q)
+def _direction(means: np.ndarray, statistic: str) -> np.ndarray:
+    """Centred setting means scaled to spread 1 (evenly spaced ones when the observed spread is 0)."""
+    centred = means - means.mean()
+    size = float(np.std(centred, ddof=1) if statistic == "std" else np.ptp(centred))
+    if size > 0:
+        return centred / size
+    even = np.linspace(-1.0, 1.0, len(means))
+    return even / (np.std(even, ddof=1) if statistic == "std" else np.ptp(even))
+
+
+def _std_roots(means: np.ndarray, noise: np.ndarray, observed: float) -> np.ndarray:
+    """Per replicate, the largest true std theta at which the simulated std is still below the observed
+    one (0 if none). The setting means of std theta are centre + theta * u with std(u) = 1, so the
+    simulated variance is the quadratic theta^2 + 2 theta p + q, solved exactly."""
+    k = noise.shape[1]
+    u = _direction(means, "std")
+    centred = noise - noise.mean(axis=1, keepdims=True)
+    p = centred @ u / (k - 1)
+    q = (centred * centred).sum(axis=1) / (k - 1)
+    discriminant = p * p - q + observed * observed
+    root = -p + np.sqrt(np.clip(discriminant, 0.0, None))
+    return np.where(discriminant > 0, np.clip(root, 0.0, None), 0.0)
+
+
+def _range_means(means: np.ndarray, weights: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Setting means with range exactly theta, close to the observed ones: [G, K].
+
+    Below the observed range: the weighted least-squares projection, the observed means clipped into the
+    window [a, a + theta] that moves them least. Above it: the average of the least-squares projection
+    (only the two extreme settings move out, in inverse proportion to their weights) and of scaling all
+    means about their weighted mean; see the module docstring for why."""
+    observed = float(np.ptp(means))
+    if observed == 0:
+        return means.mean() + theta[:, None] * _direction(means, "range")[None, :]
+    out = np.empty((len(theta), len(means)))
+    below = theta <= observed
+    if below.any():
+        width = theta[below][:, None]
+        low, high = np.full(width.shape, means.min()), means.max() - width
+        for _ in range(60):  # the clipping loss is convex in a: bisect on the sign of its derivative
+            a = (low + high) / 2
+            outside = np.clip(a - means, 0, None) - np.clip(means - a - width, 0, None)
+            slope = (weights * outside).sum(axis=1, keepdims=True)
+            low, high = np.where(slope < 0, a, low), np.where(slope < 0, high, a)
+        a = (low + high) / 2
+        out[below] = np.clip(means[None, :], a, a + width)
+    above = ~below
+    if above.any():
+        extra = theta[above] - observed
+        top, bottom = int(np.argmax(means)), int(np.argmin(means))
+        stretched = np.repeat(means[None, :], int(above.sum()), axis=0)
+        stretched[:, top] += extra * weights[bottom] / (weights[top] + weights[bottom])
+        stretched[:, bottom] -= extra * weights[top] / (weights[top] + weights[bottom])
+        centre = float(np.average(means, weights=weights))
+        scaled = centre + (theta[above] / observed)[:, None] * (means - centre)[None, :]
+        out[above] = (stretched + scaled) / 2
+    return out
+
+
+def _simulated_ranges(means: np.ndarray, weights: np.ndarray, theta: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Range of (setting means of range theta) + noise replicate: [G, B]."""
+    setting = _range_means(means, weights, theta)
+    high = setting[:, :1] + noise[None, :, 0]
+    low = high.copy()
+    for j in range(1, noise.shape[1]):  # a loop over settings keeps the [G, B] temporaries few
+        value = setting[:, j : j + 1] + noise[None, :, j]
+        np.maximum(high, value, out=high)
+        np.minimum(low, value, out=low)
+    return high - low
+
+
+def _grid_roots(theta: np.ndarray, simulated: np.ndarray, observed: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per replicate (column of `simulated`, [G, B]), the largest theta at which the simulated spread is
+    still below `observed` (linear between grid points; theta[0] if it never is, theta[-1] if it stays
+    below), and whether that crossing lies inside the grid."""
+    below = simulated < observed
+    count = len(theta)
+    last = count - 1 - np.argmax(below[::-1], axis=0)  # last grid point still below
+    never = ~below.any(axis=0)
+    after = np.minimum(last + 1, count - 1)
+    columns = np.arange(simulated.shape[1])
+    v0, v1 = simulated[last, columns], simulated[after, columns]
+    fraction = np.clip(np.divide(observed - v0, v1 - v0, out=np.ones_like(v0), where=v1 > v0), 0.0, 1.0)
+    roots = theta[last] + fraction * (theta[after] - theta[last])
+    roots = np.where(never, theta[0], np.where(last == count - 1, theta[-1], roots))
+    return roots, ~never & (last < count - 1)
+
+
+def _range_roots(means: np.ndarray, weights: np.ndarray, noise: np.ndarray, observed: float) -> np.ndarray:
+    """Per replicate, the true range at which its simulated range reaches the observed one."""
+    # The range is a seminorm: range(m + e) >= range(m) - range(e), so at `top` every replicate whose
+    # noise alone spreads less than the (1 - _TOP_TAIL) quantile has reached `observed`.
+    top = observed + float(np.quantile(np.ptp(noise, axis=1), 1 - _TOP_TAIL))
+    coarse = np.linspace(0.0, top, _COARSE_GRID)
+    roots, _ = _grid_roots(coarse, _simulated_ranges(means, weights, coarse, noise), observed)
+    start, stop = np.quantile(roots, [_TOP_TAIL / 2, 1 - _TOP_TAIL / 2])
+    step = coarse[1] - coarse[0]
+    start, stop = max(0.0, start - step), min(top, stop + step)
+    if stop > start:
+        fine = np.linspace(start, stop, _FINE_GRID)
+        fine_roots, inside = _grid_roots(fine, _simulated_ranges(means, weights, fine, noise), observed)
+        roots = np.where(inside | ((fine_roots == 0.0) & (start == 0.0)), fine_roots, roots)
+    return roots
+
+
+def _noise_scales(df: float, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Draws of sigma / sigma_hat from the fiducial distribution of a seed-noise sd with `df` degrees of
+    freedom: sqrt(df / chi2(df))."""
+    return np.sqrt(df / rng.chisquare(df, n_boot)) if math.isfinite(df) else np.ones(n_boot)
+
+
+def _cell(groups: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray, int, float] | None:
+    """(setting means, seeds per setting, within-setting df, pooled seed-noise sd) of one cell, or None
+    when there is nothing to go on: fewer than 2 settings, or no setting with 2 seeds."""
+    arrays = [np.asarray(g, dtype=float).ravel() for g in groups]
+    for k, values in enumerate(arrays):
+        if len(values) == 0 or not np.isfinite(values).all():
+            raise ValueError(f"setting {k} has {'no values' if len(values) == 0 else 'non-finite values'}; "
+                             "allowed: one or more finite values per setting")
+    sizes = np.array([len(a) for a in arrays], dtype=int)
+    df = int((sizes - 1).sum())
+    if len(arrays) < 2 or df == 0:
+        return None
+    within = float(sum(((a - a.mean()) ** 2).sum() for a in arrays))
+    return np.array([a.mean() for a in arrays]), sizes, df, math.sqrt(within / df)
+
+
+def _spread_draws(cell: tuple[np.ndarray, np.ndarray, int, float], scales: np.ndarray,
+                  rng: np.random.Generator) -> dict[str, SpreadConfidence]:
+    means, sizes, _, sigma = cell
+    noise = (sigma * scales)[:, None] * rng.standard_normal((len(scales), len(means))) / np.sqrt(sizes)[None, :]
+    std, range_ = (float(x) for x in spread(means))
+    return {"std": SpreadConfidence("std", std, _std_roots(means, noise, std)),
+            "range": SpreadConfidence("range", range_, _range_roots(means, sizes.astype(float), noise, range_))}
+
+
+def spread_confidence(
+    groups: Sequence[Sequence[float]],
+    *,
+    n_boot: int = 2000,
+    rng: np.random.Generator | int | None = None,
+) -> dict[str, SpreadConfidence]:
+    """Fiducial draws of the std and the range of the true setting means of one cell (the method is in
+    the module docstring). `groups[k]` holds setting k's per-seed values. Returns {"std": ...,
+    "range": ...}, or {} when there is nothing to go on: fewer than 2 settings, or no setting with 2 seeds
+    (no estimate of the seed noise)."""
+    _check_boot(n_boot)
+    cell = _cell(groups)
+    if cell is None:
+        return {}
+    rng = np.random.default_rng(rng)
+    return _spread_draws(cell, _noise_scales(cell[2], n_boot, rng), rng)
+
+
+def spread_intervals(
+    groups: Sequence[Sequence[float]],
+    confidence: float = 0.95,
+    *,
+    n_boot: int = 2000,
+    rng: np.random.Generator | int | None = None,
+) -> dict[str, tuple[float, float]]:
+    """Confidence intervals for the std and the range of the true setting means of one cell:
+    {"std": (low, high), "range": (low, high)}, NaN when `spread_confidence` has nothing to go on."""
+    _check_confidence(confidence)
+    draws = spread_confidence(groups, n_boot=n_boot, rng=rng)
+    return {s: draws[s].interval(confidence) if draws else (math.nan, math.nan) for s in SPREAD_STATISTICS}
+
+
+def difference_intervals(
+    first: Sequence[Sequence[float]],
+    second: Sequence[Sequence[float]],
+    confidence: float = 0.95,
+    *,
+    n_boot: int = 2000,
+    rng: np.random.Generator | int | None = None,
+) -> dict[str, tuple[float, float]]:
+    """Confidence intervals for the difference (first - second) of the std and of the range of the true
+    setting means of two independent cells (SupCon's and cross-entropy's settings of one family).
+
+    Each replicate pairs a fiducial draw of each cell's spread; the two cells' seed-noise sds are drawn
+    with one shared chi-square scale on Welch-Satterthwaite degrees of freedom, as Welch's t interval
+    does for a difference of means (independent scales, Fisher's Behrens-Fisher solution, over-cover).
+    NaN when either cell has nothing to go on."""
+    _check_confidence(confidence)
+    _check_boot(n_boot)
+    cells = _cell(first), _cell(second)
+    if cells[0] is None or cells[1] is None:
+        return dict.fromkeys(SPREAD_STATISTICS, (math.nan, math.nan))
+    rng = np.random.default_rng(rng)
+    # Variance of a setting mean from seed noise, per cell, and its Satterthwaite degrees of freedom.
+    parts = [sigma * sigma * float(np.mean(1.0 / sizes)) for _, sizes, _, sigma in cells]
+    total = sum(parts)
+    df = (total * total / sum(p * p / cell[2] for p, cell in zip(parts, cells))) if total > 0 else math.inf
+    scales = _noise_scales(df, n_boot, rng)
+    draws = [_spread_draws(cell, scales, rng) for cell in cells]
+    tail = (1 - confidence) / 2
+    out = {}
+    for statistic in SPREAD_STATISTICS:
+        difference = draws[0][statistic].draws - draws[1][statistic].draws
+        low, high = np.quantile(difference, [tail, 1 - tail])
+        out[statistic] = (float(low), float(high))
+    return out
+
+
+def mean_interval(values: Sequence[float], confidence: float) -> tuple[float, float]:
+    """Student-t interval for the true mean of one setting from its seeds (NaN with fewer than 2)."""
+    _check_confidence(confidence)
+    values = np.asarray(values, dtype=float).ravel()
+    if not np.isfinite(values).all():
+        raise ValueError("values must be finite; got NaN or inf")
+    if len(values) < 2:
+        return math.nan, math.nan
+    from scipy import stats  # a dependency of scikit-learn; imported here to keep the module light
+
+    half = float(stats.t.ppf((1 + confidence) / 2, len(values) - 1)) * values.std(ddof=1) / math.sqrt(len(values))
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def _check_confidence(confidence: float) -> None:
+    if not (isinstance(confidence, (int, float, np.floating)) and 0 < confidence < 1):
+        raise ValueError(f"confidence={confidence!r} is invalid; allowed: a number in (0, 1)")
+
+
+def _check_boot(n_boot: int) -> None:
+    if not (isinstance(n_boot, (int, np.integer)) and not isinstance(n_boot, bool) and n_boot >= 100):
+        raise ValueError(f"n_boot={n_boot!r} is invalid; allowed: an integer >= 100")
 
 
 def _check_bootstrap(confidence: float, n_boot: int) -> None:
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence={confidence!r} is invalid; allowed: a number in (0, 1)")
-    if not (isinstance(n_boot, (int, np.integer)) and n_boot >= 100):
-        raise ValueError(f"n_boot={n_boot!r} is invalid; allowed: an integer >= 100")
+    _check_confidence(confidence)
+    _check_boot(n_boot)
 
 
 def _setting_groups(trials: pd.DataFrame, column: str = "top1") -> tuple[list[str], list[np.ndarray]]:
@@ -341,7 +590,9 @@ def stability_table(
 
     One row per (family, method) with: n (trials used), n_settings, min_seeds (fewest seeds of a
     setting), mean (of setting means), std (ddof=1) and range (max - min) of the setting means with
-    bootstrap CIs (std_ci_low/high, range_ci_low/high; NaN with fewer than 2 settings or 1 seed each),
+    CIs for the std and range of the true setting means (std_ci_low/high, range_ci_low/high; the
+    parametric bootstrap of the module docstring with `n_boot` replicates; NaN with fewer than 2
+    settings or 1 seed each),
     worst_drop (the metric of the best setting, chosen by validation top-1 when the table has it, minus
     the worst setting's), best_setting, worst_setting, best_selected_by, n_diverged, n_failed,
     n_stopped_early, n_unfinished, n_missing, chance_top1, diverged_policy, confidence."""
@@ -353,12 +604,9 @@ def stability_table(
         labels, groups = _setting_groups(group)
         means = np.array([g.mean() for g in groups])
         std, rng_ = (spread(means) if len(means) >= 2 else (math.nan, math.nan))
-        std_ci = range_ci = (math.nan, math.nan)
-        if len(groups) >= 2 and max(len(g) for g in groups) >= 2:
-            boot = bootstrap_setting_means(groups, n_boot, rng)
-            boot_std, boot_range = spread(boot, axis=1)
-            std_ci = tuple(max(0.0, x) for x in basic_interval(float(std), boot_std, confidence))
-            range_ci = tuple(max(0.0, x) for x in basic_interval(float(rng_), boot_range, confidence))
+        curves = spread_confidence(groups, n_boot=n_boot, rng=rng)
+        std_ci = curves["std"].interval(confidence) if curves else (math.nan, math.nan)
+        range_ci = curves["range"].interval(confidence) if curves else (math.nan, math.nan)
         best, worst, selected_by, drop = _best_and_worst(group, labels, means)
         counts = group["reason"].value_counts()
         rows.append({
@@ -413,8 +661,9 @@ def spread_difference(
     seed: int = 0,
 ) -> pd.DataFrame:
     """Difference in spread, `first` minus `second` (SupCon minus cross-entropy by default), per family
-    that both methods have: std_diff and range_diff with bootstrap CIs (each method's seeds resampled
-    independently) and a verdict: "<first> less spread" / "<second> less spread" when the CI of the
+    that both methods have: std_diff and range_diff with CIs for the difference of the true spreads
+    (`difference_intervals`: the parametric bootstrap of the module docstring, each method's seed noise
+    simulated on its own) and a verdict: "<first> less spread" / "<second> less spread" when the CI of the
     range difference excludes 0, "inconclusive" otherwise (or "not enough seeds" without a CI)."""
     _check_bootstrap(confidence, n_boot)
     trials = stability_trials(results, diverged=diverged, num_classes=num_classes, metric=metric)
@@ -437,13 +686,10 @@ def spread_difference(
             "range_diff_ci_low": math.nan, "range_diff_ci_high": math.nan,
             "verdict": "not enough seeds", "diverged_policy": diverged, "confidence": confidence,
         }
-        if max(len(g) for g in groups_a + groups_b) >= 2:
-            boot_std_a, boot_range_a = spread(bootstrap_setting_means(groups_a, n_boot, rng), axis=1)
-            boot_std_b, boot_range_b = spread(bootstrap_setting_means(groups_b, n_boot, rng), axis=1)
-            row["std_diff_ci_low"], row["std_diff_ci_high"] = basic_interval(
-                row["std_diff"], boot_std_a - boot_std_b, confidence)
-            row["range_diff_ci_low"], row["range_diff_ci_high"] = basic_interval(
-                row["range_diff"], boot_range_a - boot_range_b, confidence)
+        intervals = difference_intervals(groups_a, groups_b, confidence, n_boot=n_boot, rng=rng)
+        if np.isfinite(intervals["range"][0]):
+            for statistic, (low, high) in intervals.items():
+                row[f"{statistic}_diff_ci_low"], row[f"{statistic}_diff_ci_high"] = low, high
             if row["range_diff_ci_high"] < 0:
                 row["verdict"] = f"{first} less spread"
             elif row["range_diff_ci_low"] > 0:
@@ -471,17 +717,17 @@ def best_top1(
     n_boot: int = 2000,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Best setting per method and its top-1 with a bootstrap CI over seeds.
+    """Best setting per method and its top-1 with a CI over seeds.
 
     The best setting is chosen by mean validation top-1 (test top-1 when the table has no validation
     numbers), over every setting of the method (a setting is the full combination of hyperparameter
     values), so the reported test number is not selected on the test set. Columns: method, setting,
-    n_seeds, val_top1, top1 (mean over seeds), ci_low, ci_high (percentile bootstrap of the mean, NaN
-    with one seed), best_single_trial (the highest metric of any trial, for reference), selected_by,
-    diverged_policy, confidence."""
+    n_seeds, val_top1, top1 (mean over seeds), ci_low, ci_high (Student t interval for the setting's
+    true mean, clipped to [0, 100]; NaN with one seed), best_single_trial (the highest metric of any
+    trial, for reference), selected_by, diverged_policy, confidence. `n_boot` and `seed` are checked and
+    otherwise unused (the t interval needs no simulation); they keep the three tables' signatures alike."""
     _check_bootstrap(confidence, n_boot)
     trials = stability_trials(results, diverged=diverged, num_classes=num_classes, metric=metric)
-    rng = np.random.default_rng(seed)
     rows = []
     hyper = _hyperparameter_frame(results.reset_index(drop=True))
     for method, group in trials.loc[trials["included"]].groupby("method", sort=True):
@@ -502,8 +748,8 @@ def best_top1(
             best_label, selected_by = stats["top1"].idxmax(), metric
         values = ids.loc[ids["setting"] == best_label, "top1"].to_numpy(dtype=float)
         ci = (math.nan, math.nan)
-        if len(values) >= 2:
-            ci = percentile_interval(bootstrap_setting_means([values], n_boot, rng)[:, 0], confidence)
+        if len(values) >= 2:  # top-1 is a percentage: the interval stays within [0, 100]
+            ci = tuple(min(max(x, 0.0), 100.0) for x in mean_interval(values, confidence))
         rows.append({
             "method": method, "setting": _setting_name(best_label, ids, results), "n_seeds": int(len(values)),
             "val_top1": float(stats.at[best_label, "val_top1"]), "top1": float(values.mean()),

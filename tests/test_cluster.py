@@ -1,7 +1,11 @@
 """A sweep on a two-node Ray cluster started on this machine, in a subprocess of its own (the session's local
 runtime stays untouched): trials land on both nodes, results gather in one storage path, a trial with two
 Train workers runs through a TorchTrainer launched from the Tune trial, and ASHA stopping such trials early
-does not hang the sweep (it did without the dashboard's State API: minutes, until killed)."""
+does not hang the sweep (it did without the dashboard's State API: minutes, until killed).
+
+It is also the contract test between the stages (issue 12): the real tables of a two-node grid sweep and of
+an ASHA search go through the stability analysis and the report, and nothing of the runtime (node, trial
+id, paths, timings) is taken for a hyperparameter."""
 
 from __future__ import annotations
 
@@ -11,6 +15,10 @@ import sys
 import textwrap
 
 import pandas as pd
+
+from analysis.report import build_report
+from analysis.stability import hyperparameter_columns, stability_table
+from study.tables import RUNTIME_COLUMNS
 
 SCRIPT = textwrap.dedent("""
     import json, socket, sys
@@ -88,4 +96,22 @@ def test_sweep_spreads_over_two_nodes_and_runs_multi_worker_trials(tmp_path):
 
     asha = pd.read_parquet(f"{outcome['asha']}/results.parquet")
     assert len(asha) == 4 and set(asha["status"]) == {"completed", "stopped_early"}, asha[["lr", "status"]]
-    assert (asha.loc[asha["status"] == "stopped_early", "epochs_run"] < 4).all()  # cut before its 4 epochs
+    stopped = asha[asha["status"] == "stopped_early"]
+    # cut at an ASHA rung (epochs 1, 2 or 4 with grace 1 and factor 2), before its final evaluation
+    assert (stopped["epochs_run"] <= 4).all() and stopped["test_top1"].isna().all(), stopped
+
+    # The contract between the stages: the real tables feed the analysis and the report.
+    assert hyperparameter_columns(single) == ["lr"] and hyperparameter_columns(asha) == ["lr"]
+    two_nodes = stability_table(single, n_boot=200)
+    one_node = stability_table(single.assign(node_id=outcome["nodes"][0]), n_boot=200)
+    pd.testing.assert_frame_equal(two_nodes, one_node)  # where trials ran does not change the spread
+    grid = two_nodes.set_index("family").loc["grid"]
+    assert grid["n_settings"] == 2 and grid["min_seeds"] == 2  # two lr settings with both seeds each
+    for column in RUNTIME_COLUMNS + ("trial_id",):
+        renamed = single.assign(**{column: [f"elsewhere-{i}" for i in range(len(single))]})
+        pd.testing.assert_frame_equal(stability_table(renamed, n_boot=200), two_nodes)
+    searched = stability_table(asha, n_boot=200)
+    assert list(searched["family"]) == ["search"]
+    for folder in (outcome["single"], outcome["asha"]):
+        html, markdown = build_report(folder, n_boot=200)
+        assert html.is_file() and "Spread per hyperparameter family" in markdown.read_text()
