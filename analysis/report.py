@@ -334,7 +334,8 @@ class _ReportBuilder:
                            "What each family varies (one-at-a-time families start from the base combination)")
 
     def _throughput(self) -> str:
-        """One line from history.parquet: epochs recorded and the median training speed per stage."""
+        """One line from history.parquet: epochs recorded, the median training speed per stage and the share
+        of the epoch spent in augmentation (older studies have no such column)."""
         history = self.files.history
         if history is None or not len(history) or "stage" not in history.columns:
             return ""
@@ -342,8 +343,10 @@ class _ReportBuilder:
         for stage, group in history.groupby(history["stage"].astype(str), sort=True):
             speed = pd.to_numeric(group.get("images_per_second"), errors="coerce").median()
             seconds = pd.to_numeric(group.get("epoch_seconds"), errors="coerce").median()
+            augment = pd.to_numeric(group.get("augment_fraction"), errors="coerce").median()
             parts.append(f"{stage}: {len(group)} epochs, median {_fmt(speed, 0)} images/s, "
-                         f"{_fmt(seconds, 1)} s per epoch")
+                         f"{_fmt(seconds, 1)} s per epoch"
+                         + (f", {_fmt(100 * augment, 0)}% of it in augmentation" if np.isfinite(augment) else ""))
         trials = history["trial_id"].nunique() if "trial_id" in history.columns else "?"
         return f"Training history of {trials} trial(s) — " + "; ".join(parts) + "."
 

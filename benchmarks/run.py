@@ -4,6 +4,7 @@
     python benchmarks/run.py                    # the same
     python -m benchmarks --only data corruptions
     python -m benchmarks --skip sweep_efficiency
+    python -m benchmarks --only coverage        # the stability intervals' coverage (statistics, not timing)
 
 Each benchmark runs as `python -m benchmarks.<name>` from the repository root, in its own process, so one
 benchmark's Ray runtime, torch thread setting or allocator state cannot colour the next one's numbers.
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-CPU_BENCHMARKS = ("loss", "ray_overhead", "sweep_efficiency", "data", "corruptions")
+CPU_BENCHMARKS = ("loss", "ray_overhead", "sweep_efficiency", "data", "augment", "corruptions", "coverage")
 BENCHMARKS = CPU_BENCHMARKS + ("gpu",)
 
 

@@ -39,6 +39,9 @@ SCHEDULES = ("cosine", "exponential", "step", "constant")
 STEMS = ("auto", "cifar", "imagenet")
 LOSS_VARIANTS = ("out", "in")
 CONTRAST_MODES = ("all", "one")
+# Where training augmentation runs: "cpu" (per image in the loader, study/augment.py), "device" (whole
+# batches on the training device, study/batched_augment.py), "auto" (device on GPU runs, cpu otherwise).
+DATA_PIPELINES = ("auto", "cpu", "device")
 
 
 class ConfigError(ValueError):
@@ -133,6 +136,9 @@ class Config:
     use_gpu: bool = False
     loader_workers: int = 0  # DataLoader processes per Train worker
     amp: bool = True  # bf16 autocast and channels_last, on GPU only
+    # auto | cpu | device: where the training augmentation runs (DATA_PIPELINES above); auto is device on GPU
+    # runs and cpu otherwise.
+    data_pipeline: str = "auto"
     checkpoint_every: int = 1  # epochs between checkpoints
 
     # ------------------------------------------------------------------ construction
@@ -222,6 +228,7 @@ class Config:
         choice("linear_schedule", SCHEDULES)
         choice("loss_variant", LOSS_VARIANTS)
         choice("contrast_mode", CONTRAST_MODES)
+        choice("data_pipeline", DATA_PIPELINES)
 
         positive_floats = ("temperature", "lr", "linear_lr", "width", "lr_decay_rate")
         for name in positive_floats:

@@ -134,6 +134,34 @@ class TransformedDataset(Dataset):
         return self.transform(image), label
 
 
+class DecodedDataset(Dataset):
+    """`base` (yielding (PIL image, label)) decoded only: -> (uint8 tensor [3, H, W], label), for the device
+    pipeline (`study.batched_augment`), which augments whole batches on the training device. No random
+    transform and no resize beyond `base`'s own (an `ArrayImageDataset` not stored at its image size resizes
+    to it, as the per-image path sees it; image files stay at their stored size, so the random-resized crop
+    sees the full image). Batch with `collate_decoded`."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.base[index]
+        pixels = np.asarray(image.convert("RGB") if image.mode != "RGB" else image, dtype=np.uint8)
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))), label
+
+
+def collate_decoded(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
+    """A batch of `DecodedDataset` items: images stacked when they share a size, else a list."""
+    images = [image for image, _ in items]
+    labels = torch.tensor([label for _, label in items], dtype=torch.int64)
+    if len({tuple(image.shape) for image in images}) == 1:
+        return torch.stack(images), labels
+    return images, labels
+
+
 class MultiViewDataset(Dataset):
     """`n_views` independently augmented views of each image: -> (tensor [V, 3, H, W], label).
 

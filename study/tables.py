@@ -42,8 +42,10 @@ STATUSES = ("completed", "diverged", "failed", "stopped_early", "pending")
 BASE, GRID, SEARCH = "base", "grid", "search"
 
 # ------------------------------------------------------------------------------------------- history
+# augment_fraction: the share of the epoch spent in augmentation (device pipeline) or waiting for the
+# loader, which augments (cpu pipeline); a slow pipeline shows up in the report's training-history line.
 HISTORY_COLUMNS = ("trial_id", "method", "stage", "epoch", "loss", "lr", "val_top1", "val_top5",
-                   "images_per_second", "epoch_seconds")  # fmt: skip
+                   "images_per_second", "epoch_seconds", "augment_fraction")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- robustness

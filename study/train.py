@@ -6,10 +6,12 @@ where to report metrics and checkpoints and how to wrap the model for data paral
 runs under Ray Train's `TorchTrainer` (`study.launch`), directly inside a Ray Tune trial (`study.sweep`) or
 in a plain process (`LocalContext`, used by tests and benchmarks).
 
-Every epoch reports: stage, epoch, loss, lr, val top-1/top-5, images/s, epoch seconds. The contrastive
-stage has no classifier yet, so its val top-1/top-5 come from a k-nearest-neighbour classifier on the
-encoder's representations (a standard monitor; selection and final numbers use the linear classifier).
-The test split is touched once, at the very end.
+Every epoch reports: stage, epoch, loss, lr, val top-1/top-5, images/s, epoch seconds, and
+augment_fraction: the part of the epoch spent in training augmentation (with `data_pipeline` "device",
+the batched augmentation on the training device; with "cpu", waiting for the loader, which decodes and
+augments each image). The contrastive stage has no classifier yet, so its val top-1/top-5 come from a
+k-nearest-neighbour classifier on the encoder's representations (a standard monitor; selection and final
+numbers use the linear classifier). The test split is touched once, at the very end.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from study.augment import build_eval_transform, build_train_transform, default_autoaugment_policy
+from study.batched_augment import build_batch_augment, resolve_data_pipeline
 from study.checkpoint import STATE_FILE, CheckpointError, atomic_save, safe_load, save_classifier, unwrap
 from study.config import Config
-from study.data import DatasetSplits, MultiViewDataset, TransformedDataset, load_dataset
+from study.data import DatasetSplits, DecodedDataset, MultiViewDataset, TransformedDataset, collate_decoded, load_dataset
 from study.losses import supcon_loss, supcon_loss_with_memory
 from study.memory import KeyMemory
 from study.models import Classifier, ContrastiveNetwork, build_encoder
@@ -133,7 +136,7 @@ def stages_of(config: Config) -> list[str]:
 
 
 def _loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int, epoch: int,
-            context: RunContext, config: Config) -> DataLoader:
+            context: RunContext, config: Config, collate_fn: Callable | None = None) -> DataLoader:
     """A loader for this worker's shard. Shuffling is seeded by (seed, epoch) so a resumed run sees the
     same order as an uninterrupted one."""
     if context.world_size > 1:
@@ -154,6 +157,7 @@ def _loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: bool
         num_workers=config.loader_workers,
         pin_memory=context.device.type == "cuda",
         persistent_workers=False,
+        collate_fn=collate_fn,
     )
 
 
@@ -414,14 +418,20 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
     global_batch = config.linear_batch_size if linear else config.batch_size
     local_batch = global_batch // context.world_size
     policy = config.linear_augmentation if linear else config.augmentation
-    transform = build_train_transform(
-        policy, image_size=splits.image_size, mean=splits.mean, std=splits.std,
-        autoaugment_policy=default_autoaugment_policy(splits.image_size),
-        randaugment_n=config.randaugment_n, randaugment_m=config.randaugment_m)
-    if stage == "contrastive":
-        train_set: Dataset = MultiViewDataset(splits.train, transform, config.n_views)
+    augment_args = dict(image_size=splits.image_size, mean=splits.mean, std=splits.std,
+                        autoaugment_policy=default_autoaugment_policy(splits.image_size),
+                        randaugment_n=config.randaugment_n, randaugment_m=config.randaugment_m)
+    views = config.n_views if stage == "contrastive" else 1
+    augment, collate = None, None
+    if resolve_data_pipeline(config.data_pipeline, context.device) == "device":
+        # The loader only decodes; each batch is augmented on the training device (study/batched_augment.py).
+        augment = build_batch_augment(policy, device=context.device, **augment_args)
+        train_set: Dataset = DecodedDataset(splits.train)
+        collate = collate_decoded
+    elif stage == "contrastive":
+        train_set = MultiViewDataset(splits.train, build_train_transform(policy, **augment_args), views)
     else:
-        train_set = TransformedDataset(splits.train, transform)
+        train_set = TransformedDataset(splits.train, build_train_transform(policy, **augment_args))
 
     # What is trained in this stage, and how the loss is computed.
     if linear:
@@ -443,7 +453,7 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
 
     drop_last = len(train_set) >= 2 * global_batch  # contrastive batches need >= 2 samples
     steps_per_epoch = max(1, len(_loader(train_set, local_batch, shuffle=True, drop_last=drop_last, seed=config.seed,
-                                         epoch=0, context=context, config=config)))
+                                         epoch=0, context=context, config=config, collate_fn=collate)))
     scheduler = build_scheduler(schedule_name, optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch,
                                 warmup_epochs=warmup, decay_rate=config.lr_decay_rate, step_epochs=config.lr_step_epochs)
     if resume is not None and "optimizer" in resume:
@@ -495,11 +505,21 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
         else:
             trained.train()
         loader = _loader(train_set, local_batch, shuffle=True, drop_last=drop_last, seed=config.seed, epoch=epoch,
-                         context=context, config=config)
+                         context=context, config=config, collate_fn=collate)
         started = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64, device=context.device)
         seen = 0
-        for step, (images, labels) in enumerate(loader):
+        augment_seconds = 0.0
+        batches = iter(loader)
+        for step in range(len(loader)):
+            # Augmentation: in the loader (cpu pipeline: the wait for the batch) or on the device, timed.
+            augment_started = time.perf_counter()
+            images, labels = next(batches)
+            if augment is not None:
+                images = augment(images) if stage != "contrastive" else augment.views(images, views)
+                if context.device.type == "cuda":
+                    torch.cuda.synchronize(context.device)  # the time of the augmentation, not of its launch
+            augment_seconds += time.perf_counter() - augment_started
             images = images.to(context.device, non_blocking=True)
             labels = labels.to(context.device, non_blocking=True)
             if context.device.type == "cuda" and config.amp and images.dim() == 4:
@@ -533,11 +553,11 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
         else:
             networks.classifier.to(context.device)
             val_top1, val_top5 = classifier_accuracy(networks.classifier, val_set, config, context)
-        views = config.n_views if stage == "contrastive" else 1
         metrics = {
             "status": "running", "stage": stage, "epoch": epoch + 1, "epochs": epochs, "loss": epoch_loss,
             "lr": optimizer.param_groups[0]["lr"], "val_top1": val_top1, "val_top5": val_top5,
             "images_per_second": seen_total * views / seconds, "epoch_seconds": seconds,
+            "augment_fraction": augment_seconds / seconds,
         }
         last = epoch + 1 == epochs
         with tempfile.TemporaryDirectory() as folder:

@@ -41,6 +41,7 @@ def write_study(directory: Path, *, results: pd.DataFrame | None = None, robustn
         history = pd.DataFrame([
             {"trial_id": t, "method": m, "stage": "ce" if m == "ce" else "contrastive", "epoch": e, "loss": 1.0 / (e + 1),
              "lr": 0.5, "val_top1": 80.0 + e, "val_top5": 99.0, "images_per_second": 1500.0 + e,
+             "augment_fraction": 0.25,
              "epoch_seconds": 4.0} for t, m in zip(results["trial_id"], results["method"]) for e in range(2)])
         history.to_parquet(directory / "history.parquet", index=False)
     return directory
@@ -123,7 +124,8 @@ def test_report_numbers_and_readings(full_report):
                      r"\(difference -?[\d.]+, 95% CI \[-?[\d.]+, -?[\d.]+\]\)", text)
     assert "Diverged trials count as chance accuracy (10.0% top-1)" in text
     supcon_epochs = 2 * int((synthetic_results()["method"] == "supcon").sum())
-    assert f"contrastive: {supcon_epochs} epochs, median 1500 images/s, 4.0 s per epoch" in text
+    assert (f"contrastive: {supcon_epochs} epochs, median 1500 images/s, 4.0 s per epoch, 25% of it in "
+            "augmentation") in text
     assert "paper (Table 2, R50)" in text and ">96.00<" in text  # CIFAR-10 SupCon, Table 2
     assert "mCE" in text and "baseline model" in text  # not ImageNet: a model of the table is the baseline
     markdown = md_path.read_text()

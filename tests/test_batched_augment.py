@@ -1,0 +1,254 @@
+"""The batched (device) augmentation path against the per-image path: the same crop area / aspect / flip
+statistics (read back from images whose pixels encode their coordinates), the same jitter / grayscale
+rates, the same sharpness distribution on real images, independent views, seeded repeats, bad values
+rejected, and a tiny end-to-end training run with data_pipeline="device"."""
+
+from __future__ import annotations
+
+import math
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.stats import ks_2samp
+
+from study.augment import build_train_transform
+from study.batched_augment import BatchAugment, build_batch_augment, resolve_data_pipeline
+from study.config import AUGMENTATIONS, Config, ConfigError
+from study.data import DecodedDataset, collate_decoded
+
+RAW = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}  # output = pixels / 255
+N = 400  # samples per path for the distribution tests
+
+
+def coordinate_image(width: int = 200, height: int = 150) -> np.ndarray:
+    """R = x, G = y, B = 255: every output pixel tells where in the source it came from."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([x, y, np.full_like(x, 255)], -1).astype(np.uint8)
+
+
+def crop_statistics(outputs: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From outputs [N, 3, S, S] in pixel units: (area fraction, log aspect ratio, flipped) of each crop."""
+    size = outputs.shape[-1]
+    middle = size // 2
+    xs = outputs[:, 0, middle, :]
+    ys = outputs[:, 1, :, middle]
+    w = np.abs(xs[:, -1] - xs[:, 0]) * size / (size - 1)
+    h = np.abs(ys[:, -1] - ys[:, 0]) * size / (size - 1)
+    flipped = xs[:, -1] < xs[:, 0]
+    return w * h / (width * height), np.log(w / h), flipped
+
+
+def per_image(policy: str, images: list[Image.Image], repeats: int, *, size: int, **kwargs) -> np.ndarray:
+    transform = build_train_transform(policy, image_size=size, **RAW, **kwargs)
+    return np.stack([transform(image).numpy() for image in images for _ in range(repeats)]) * 255
+
+
+def batched(policy: str, images: np.ndarray, repeats: int, *, size: int, **kwargs) -> np.ndarray:
+    augment = build_batch_augment(policy, image_size=size, **RAW, **kwargs)
+    batch = torch.from_numpy(images).permute(0, 3, 1, 2).repeat_interleave(repeats, 0)
+    return augment(batch).numpy() * 255
+
+
+def test_crop_area_aspect_and_flip_match_the_per_image_path():
+    source = coordinate_image()
+    torch.manual_seed(0)
+    reference = crop_statistics(per_image("crop_flip", [Image.fromarray(source)], N, size=32), 200, 150)
+    ours = crop_statistics(batched("crop_flip", source[None], N, size=32), 200, 150)
+    for name, theirs, mine in zip(("area", "log aspect"), reference[:2], ours[:2]):
+        assert ks_2samp(theirs, mine).pvalue > 1e-3, name
+    # SMALL_CROP_AREA (0.2, 1); the read-back is exact to about a pixel of the source per side
+    assert 0.18 < ours[0].min() and ours[0].max() < 1.06
+    assert np.log(0.72) < ours[1].min() and ours[1].max() < np.log(1.38)  # CROP_ASPECT_RATIO (0.75, 1.33)
+    for flipped in (reference[2], ours[2]):
+        assert abs(flipped.mean() - 0.5) < 0.1  # p = 0.5; 4 standard errors at N = 400
+
+
+def test_large_images_use_the_large_crop_area():
+    source = coordinate_image()
+    torch.manual_seed(1)
+    area, _, _ = crop_statistics(batched("crop_flip", source[None], N, size=64), 200, 150)
+    assert area.min() < 0.2 and area.min() > 0.06  # LARGE_CROP_AREA (0.08, 1)
+
+
+def test_views_of_one_image_are_independent():
+    source = torch.from_numpy(coordinate_image()).permute(2, 0, 1)[None].expand(N, -1, -1, -1)
+    torch.manual_seed(2)
+    views = build_batch_augment("crop_flip", image_size=32, **RAW).views(source, 2).numpy() * 255  # [N, 2, 3, S, S]
+    first, _, first_flip = crop_statistics(views[:, 0], 200, 150)
+    second, _, second_flip = crop_statistics(views[:, 1], 200, 150)
+    assert abs(np.corrcoef(first, second)[0, 1]) < 0.2  # 4 standard errors of a zero correlation
+    assert abs(np.corrcoef(first_flip, second_flip)[0, 1]) < 0.2
+    colour = build_batch_augment("simclr_augment", image_size=32, **RAW).views(source[:64], 2)
+    grey = (colour.amax(2) - colour.amin(2)).amax((-2, -1)) < 1e-6  # [64, 2]: the grayscale draw per view
+    assert (grey[:, 0] != grey[:, 1]).any() and not torch.allclose(colour[:, 0], colour[:, 1])
+
+
+def test_jitter_and_grayscale_rates_match_the_per_image_path():
+    colour = (200, 60, 30)
+    plain = np.full((1, 32, 32, 3), colour, dtype=np.uint8)  # crops and flips leave a plain colour as it is
+    torch.manual_seed(3)
+    rates = []
+    for outputs in (per_image("simclr_augment", [Image.fromarray(plain[0])], N, size=32),
+                    batched("simclr_augment", plain, N, size=32)):
+        pixels = np.round(outputs[:, :, 16, 16]).astype(int)
+        grey = (pixels.max(1) - pixels.min(1) <= 1)
+        jittered = ~grey & (np.abs(pixels - colour).max(1) > 1)
+        rates.append((grey.mean(), jittered.sum() / (~grey).sum()))
+    for grey, jittered in rates:
+        assert 0.14 < grey < 0.26  # RandomGrayscale(p=0.2)
+        assert 0.72 < jittered < 0.88  # ColorJitter with p=0.8
+
+
+@pytest.fixture(scope="module")
+def cifar_images(cifar_subset_tar, tmp_path_factory) -> np.ndarray:
+    """32 real CIFAR-10 test images (32 px) from the shared JPEG subset."""
+    folder = tmp_path_factory.mktemp("cifar")
+    with tarfile.open(cifar_subset_tar) as archive:
+        members = []
+        for member in archive:  # stop early: the archive holds 11,000 images
+            if member.isfile() and "/test/" in member.name and member.name.endswith(".jpg"):
+                members.append(member)
+                if len(members) == 32:
+                    break
+        archive.extractall(folder, members=members, filter="data")
+    return np.stack([np.asarray(Image.open(folder / m.name).convert("RGB")) for m in members])
+
+
+def _sharpness(outputs: np.ndarray) -> np.ndarray:
+    """Mean absolute horizontal + vertical difference per image: blur lowers it, crops to small areas too."""
+    return np.abs(np.diff(outputs, axis=-1)).mean((1, 2, 3)) + np.abs(np.diff(outputs, axis=-2)).mean((1, 2, 3))
+
+
+@pytest.mark.parametrize("policy", ["simclr_augment", "simaugment"])
+def test_real_images_grey_rate_and_sharpness_match_the_per_image_path(cifar_images, policy):
+    """At 64 px these policies blur with p=0.5: the per-image sharpness distributions agree, and so do
+    the grayscale rates (real images are colour; a grey output has three equal channels)."""
+    repeats = 8
+    torch.manual_seed(4)
+    reference = per_image(policy, [Image.fromarray(image) for image in cifar_images], repeats, size=64)
+    ours = batched(policy, cifar_images, repeats, size=64)
+    assert ks_2samp(_sharpness(reference), _sharpness(ours)).pvalue > 1e-3
+    for outputs in (reference, ours):
+        grey = (np.ptp(np.round(outputs), axis=1) <= 1).all((1, 2)).mean()
+        assert 0.12 < grey < 0.28  # p = 0.2, 256 samples
+
+
+def test_blur_rate_and_strength_match_the_per_image_blur():
+    """The blur step of both paths (p=0.5, sigma ~ U(0.1, 2), kernel 7 at 64 px) on a 1-px checkerboard:
+    the contrast left at the centre is 1 unblurred and falls with sigma, so its distribution shows both the
+    application rate and the sigma distribution."""
+    from study.augment import RandomGaussianBlur, blur_kernel_size
+
+    board = ((np.indices((64, 64)).sum(0) % 2) * 200 + 20).astype(np.uint8)
+    board = np.repeat(board[..., None], 3, -1)
+    theirs = RandomGaussianBlur(blur_kernel_size(64))
+    ours = BatchAugment("simaugment", image_size=64, **RAW).steps[-1]
+    torch.manual_seed(7)
+    reference = np.stack([np.asarray(theirs(Image.fromarray(board)), dtype=np.float32) for _ in range(N)])
+    reference = np.abs(reference[:, 32, 32, 0] - reference[:, 32, 33, 0]) / 200
+    batch = torch.from_numpy(board).permute(2, 0, 1)[None].expand(N, -1, -1, -1).float() / 255
+    mine = np.round(ours(batch).numpy() * 255)  # the per-image path rounds to uint8
+    mine = np.abs(mine[:, 0, 32, 32] - mine[:, 0, 32, 33]) / 200
+    assert ks_2samp(reference, mine, method="asymp").pvalue > 1e-3
+    for contrast in (reference, mine):
+        assert abs((contrast > 0.99).mean() - 0.5) < 0.1  # unblurred or sigma below ~0.3: about half
+
+
+def test_policy_constants_come_from_the_per_image_path():
+    augment = BatchAugment("simaugment", image_size=224, **RAW)
+    blur = augment.steps[-1]
+    assert blur.p == 0.5 and tuple(blur.flags["kernel_size"]) == (23, 23)
+    assert tuple(torch.as_tensor(augment.crop._param_generator.scale).tolist()) == pytest.approx((0.08, 1.0))
+    small = BatchAugment("simclr_augment", image_size=32, **RAW)
+    assert [type(step).__name__ for step in small.steps] == ["ColorJitter", "RandomGrayscale"]  # no blur < 64 px
+
+
+@pytest.mark.parametrize("policy", AUGMENTATIONS)
+def test_every_policy_is_reproducible_and_random(policy):
+    augment = build_batch_augment(policy, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
+    images = torch.randint(0, 256, (8, 3, 40, 40), dtype=torch.uint8)
+    torch.manual_seed(5)
+    first = augment(images)
+    torch.manual_seed(5)
+    second = augment(images)
+    assert first.shape == (8, 3, 32, 32) and first.dtype == torch.float32 and torch.isfinite(first).all()
+    assert torch.equal(first, second)
+    assert not torch.equal(first, augment(images))
+
+
+@pytest.mark.parametrize("policy", ["randaugment", "autoaugment"])
+def test_op_policies_pick_ops_per_sample(policy):
+    """One plain image repeated: with per-sample ops the outputs of one batch differ from each other."""
+    augment = build_batch_augment(policy, image_size=32, **RAW, randaugment_n=1, randaugment_m=9)
+    image = torch.from_numpy(coordinate_image(32, 32)).permute(2, 0, 1)[None].expand(64, -1, -1, -1)
+    torch.manual_seed(6)
+    outputs = augment(image).flatten(1)
+    assert len(torch.unique(outputs, dim=0)) > 32
+
+
+@pytest.mark.parametrize("policy, fill", [("randaugment", 128), ("autoaugment", 0)])
+def test_geometric_op_rate_matches_the_per_image_path(policy, fill):
+    """The share of views with fill pixels (uncovered by a shear, translation or rotation; the source has
+    B = 255 everywhere, so only the fill is (fill, fill, fill)) agrees between the paths: the same op mix."""
+    source = coordinate_image(32, 32)
+    kwargs = {"randaugment_n": 1, "randaugment_m": 9}
+    torch.manual_seed(8)
+    rates = []
+    for outputs in (per_image(policy, [Image.fromarray(source)], N, size=32, **kwargs),
+                    batched(policy, source[None], N, size=32, **kwargs)):
+        filled = (np.abs(np.round(outputs) - fill) <= 1).all(1).sum((1, 2)) > 8
+        rates.append(filled.mean())
+    assert 0.05 < rates[0] and abs(rates[0] - rates[1]) < 0.12  # 3.5 standard errors at N = 400
+
+
+def test_images_of_different_sizes_are_cropped_one_by_one():
+    images = [torch.randint(0, 256, (3, 50 + i, 40 + 3 * i), dtype=torch.uint8) for i in range(3)]
+    for policy in ("crop_flip", "pad_crop_flip", "stacked_randaugment"):
+        assert build_batch_augment(policy, image_size=32, **RAW)(images).shape == (3, 3, 32, 32)
+    base = [(Image.fromarray(image.permute(1, 2, 0).numpy()), i) for i, image in enumerate(images)]
+    batch, labels = collate_decoded([DecodedDataset(base)[i] for i in range(3)])
+    assert isinstance(batch, list) and labels.tolist() == [0, 1, 2] and batch[0].dtype == torch.uint8
+
+
+def test_bad_values_are_rejected():
+    with pytest.raises(ConfigError, match="data_pipeline='gpu'; allowed: auto | cpu | device"):
+        Config(data_pipeline="gpu")
+    assert Config().data_pipeline == "auto"
+    assert resolve_data_pipeline("auto", "cpu") == "cpu" and resolve_data_pipeline("auto", "cuda") == "device"
+    assert resolve_data_pipeline("device", "cpu") == "device"
+    with pytest.raises(ValueError, match="data_pipeline"):
+        resolve_data_pipeline("tpu", "cpu")
+    for kwargs in ({"policy": "jitter"}, {"image_size": 4}, {"randaugment_m": 11}, {"randaugment_n": -1},
+                   {"autoaugment_policy": "svhn"}):
+        with pytest.raises(ValueError, match="allowed"):
+            BatchAugment(**{"policy": "randaugment", "image_size": 32, **RAW, **kwargs})
+
+
+@pytest.mark.parametrize("method, pipeline", [("supcon", "device"), ("ce", "device"), ("ce", "cpu")])
+def test_training_reports_the_augmentation_share(tmp_path, method, pipeline):
+    from study.train import LocalContext, train
+
+    config = Config.from_dict({"dataset": "digits", "width": 0.0625, "epochs": 1, "linear_epochs": 1,
+                               "batch_size": 64, "linear_batch_size": 64, "augmentation": "simclr_augment",
+                               "method": method, "data_pipeline": pipeline})
+    context = LocalContext(tmp_path)
+    final = train(config, context)
+    assert final["status"] == "completed"
+    epochs = [m for m in context.history if m["stage"] != "final"]
+    assert epochs and all(0 < m["augment_fraction"] < 1 and math.isfinite(m["loss"]) for m in epochs)
+
+
+def test_seeded_training_with_the_device_pipeline_repeats_exactly(tmp_path):
+    from study.train import LocalContext, train
+
+    config = Config.from_dict({"dataset": "digits", "width": 0.0625, "epochs": 1, "batch_size": 64,
+                               "augmentation": "randaugment", "method": "ce", "data_pipeline": "device"})
+    losses = []
+    for run in range(2):
+        context = LocalContext(tmp_path / str(run))
+        train(config, context)
+        losses.append([m["loss"] for m in context.history if m["stage"] != "final"])
+    assert losses[0] == losses[1]
