@@ -213,6 +213,37 @@ def plot_accuracy_vs_batch_size(results: pd.DataFrame, out_dir: str | os.PathLik
     return plot_accuracy_vs(results, "batch_size", out_dir, log_x=2, label="batch size", **kwargs)
 
 
+def plot_accuracy_vs_batch_size_by_memory(results: pd.DataFrame, out_dir: str | os.PathLike, *,
+                                          diverged: str = "chance", num_classes: int | None = None
+                                          ) -> list[Path] | None:
+    """Paper Sec. 4.1 (the memory_bank space): top-1 vs batch size (log2 axis), one line per method and
+    memory size (solid: no memory, dashed: with one; a method without `memory_size`, cross-entropy, is
+    "no memory"), mean over seeds with one-std error bars. None without two batch sizes and two memory sizes."""
+    if results is None or len(results) == 0 or not {"method", "batch_size", "memory_size"} <= set(results.columns):
+        return None
+    trials = stability_trials(results, diverged=diverged, num_classes=num_classes)
+    points = _family_points(trials, results, "batch_size")
+    memory = pd.to_numeric(results.reset_index(drop=True)["memory_size"], errors="coerce").fillna(0)
+    points["memory"] = memory.iloc[points["row"].to_numpy()].to_numpy().astype(int)
+    points = points.loc[np.isfinite(points["x"]) & (points["x"] > 0) & points["included"]]
+    if points["x"].nunique() < 2 or points["memory"].nunique() < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    for method in method_order(points["method"]):
+        for size, group in points.loc[points["method"] == method].groupby("memory", sort=True):
+            stats = group.groupby("x")["top1"].agg(["mean", "std"]).sort_index()
+            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), color=method_color(method),
+                        marker="s" if size else "o", linestyle="--" if size else "-", capsize=3,
+                        label=f"{method_name(method)}, " + (f"memory {size}" if size else "no memory"))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title("Top-1 vs batch size, without and with a memory")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, out_dir, "accuracy_vs_batch_size_by_memory")
+
+
 def plot_accuracy_vs_randaugment_magnitude(results: pd.DataFrame, out_dir: str | os.PathLike,
                                            **kwargs) -> list[Path] | None:
     """The paper's Supp. Fig. 7: top-1 vs RandAugment magnitude."""

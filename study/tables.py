@@ -44,8 +44,12 @@ BASE, GRID, SEARCH = "base", "grid", "search"
 # ------------------------------------------------------------------------------------------- history
 # augment_fraction: the share of the epoch spent in augmentation (device pipeline) or waiting for the
 # loader, which augments (cpu pipeline); a slow pipeline shows up in the report's training-history line.
+# memory_fraction: the share spent in Sec. 4.1's memory (keys, enqueue, momentum update; 0 without one);
+# peak_memory_mb: the run's peak so far, MiB -- CUDA tensors (max_memory_allocated) on a GPU, the process's
+# peak resident set (ru_maxrss) on a CPU. Both feed the report's memory section.
 HISTORY_COLUMNS = ("trial_id", "method", "stage", "epoch", "loss", "lr", "val_top1", "val_top5",
-                   "images_per_second", "epoch_seconds", "augment_fraction")  # fmt: skip
+                   "images_per_second", "epoch_seconds", "augment_fraction", "memory_fraction",
+                   "peak_memory_mb")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- robustness

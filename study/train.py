@@ -9,9 +9,13 @@ in a plain process (`LocalContext`, used by tests and benchmarks).
 Every epoch reports: stage, epoch, loss, lr, val top-1/top-5, images/s, epoch seconds, and
 augment_fraction: the part of the epoch spent in training augmentation (with `data_pipeline` "device",
 the batched augmentation on the training device; with "cpu", waiting for the loader, which decodes and
-augments each image). The contrastive stage has no classifier yet, so its val top-1/top-5 come from a
-k-nearest-neighbour classifier on the encoder's representations (a standard monitor; selection and final
-numbers use the linear classifier). The test split is touched once, at the very end.
+augments each image); memory_fraction: the part of the epoch spent in Sec. 4.1's memory (the momentum
+network's keys, the enqueue and the momentum update; 0 without a memory); peak_memory_mb: the peak memory
+of the run so far, in MiB: `torch.cuda.max_memory_allocated` of the training device on CUDA (tensors only),
+else the process's peak resident set size (`resource.getrusage(RUSAGE_SELF).ru_maxrss`, KiB on Linux; it
+includes the dataset and the interpreter). The contrastive stage has no classifier yet, so its val
+top-1/top-5 come from a k-nearest-neighbour classifier on the encoder's representations (a standard
+monitor; selection and final numbers use the linear classifier). The test split is touched once, at the very end.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -409,6 +414,21 @@ def train(config: Config, context: RunContext, *, on_step: Callable[[int], None]
     return final
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the time of the work, not of its launch
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """The run's peak memory so far in MiB: CUDA tensors on a GPU, else the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource  # POSIX only; ru_maxrss is in KiB on Linux, in bytes on macOS
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
 def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str, Any] | None, config: Config,
                splits: DatasetSplits, networks: _Networks, val_set: Dataset, context: RunContext,
                on_step: Callable[[int], None] | None) -> dict[str, Any]:
@@ -478,8 +498,12 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
             with _autocast(config, context.device):
                 features = trained(flat).view(batch, views, -1)
             if memory is not None:
+                _synchronize(context.device)  # on a GPU, time the memory's work only
+                memory_started = time.perf_counter()
                 with _autocast(config, context.device):
                     keys = memory.embed(flat).view(batch, views, -1)
+                _synchronize(context.device)
+                memory_seconds[0] += time.perf_counter() - memory_started
                 return supcon_loss_with_memory(
                     features.float(), keys, labels if config.method == "supcon" else None, *memory.queue(),
                     temperature=config.temperature, variant=config.loss_variant,
@@ -510,6 +534,7 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
         loss_sum = torch.zeros((), dtype=torch.float64, device=context.device)
         seen = 0
         augment_seconds = 0.0
+        memory_seconds = [0.0]  # key embedding (in step_loss), enqueue and momentum update
         batches = iter(loader)
         for step in range(len(loader)):
             # Augmentation: in the loader (cpu pipeline: the wait for the batch) or on the device, timed.
@@ -530,8 +555,12 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
             optimizer.step()
             scheduler.step()
             if memory is not None:  # MoCo's order: this batch's keys join the queue, then the momentum update
+                _synchronize(context.device)
+                memory_started = time.perf_counter()
                 memory.enqueue(keys, labels)
                 memory.update(unwrap(trained))
+                _synchronize(context.device)
+                memory_seconds[0] += time.perf_counter() - memory_started
             loss_sum += loss.detach().double() * len(labels)
             seen += len(labels)
             if on_step is not None:
@@ -557,7 +586,8 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
             "status": "running", "stage": stage, "epoch": epoch + 1, "epochs": epochs, "loss": epoch_loss,
             "lr": optimizer.param_groups[0]["lr"], "val_top1": val_top1, "val_top5": val_top5,
             "images_per_second": seen_total * views / seconds, "epoch_seconds": seconds,
-            "augment_fraction": augment_seconds / seconds,
+            "augment_fraction": augment_seconds / seconds, "memory_fraction": memory_seconds[0] / seconds,
+            "peak_memory_mb": _peak_memory_mb(context.device),
         }
         last = epoch + 1 == epochs
         with tempfile.TemporaryDirectory() as folder:

@@ -214,6 +214,12 @@ def test_training_with_a_memory_checkpoints_it_and_resumes(tmp_path):
     whole = LocalContext(tmp_path / "whole")
     final = train(config, whole)
     assert final["status"] == "completed" and 0 <= final["test_top1"] <= 100
+    # The memory's cost is in the history (study/tables.py HISTORY_COLUMNS): a share of each contrastive
+    # epoch, none in the linear stage, and the process's peak memory (CPU: peak resident set, MiB).
+    epochs = [m for m in whole.history if m["stage"] in ("contrastive", "linear")]
+    assert all(0 < m["memory_fraction"] < 1 for m in epochs if m["stage"] == "contrastive")
+    assert all(m["memory_fraction"] == 0 for m in epochs if m["stage"] == "linear")
+    assert all(10 < m["peak_memory_mb"] < 1e6 for m in epochs)
 
     interrupted = LocalContext(tmp_path / "killed")
 

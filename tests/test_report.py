@@ -277,3 +277,73 @@ def test_supcon_trailing_at_a_short_budget_is_explained(tmp_path):
     assert "2 epochs of contrastive pre-training here, against the paper's 1000 on CIFAR" in text
     _, md_path = build_report(write_study(tmp_path / "leading", results=results), n_boot=200)
     assert "of contrastive pre-training here" not in md_path.read_text()
+
+
+def memory_bank_study(directory: Path) -> Path:
+    """A memory_bank-shaped study (issue 15): SupCon over batch sizes without and with a memory of 4096 keys,
+    cross-entropy over the same batch sizes with no memory_size (it ignores the memory), two seeds each; a
+    history with the memory's cost per epoch, and a linear stage whose numbers must not count."""
+    from test_plots import _row
+
+    rows, history = [], []
+    cells = [("supcon", b, m) for b in (128, 256) for m in (0, 4096)] + [("ce", b, None) for b in (128, 256)]
+    for method, batch, memory in cells:
+        for seed in (0, 1):
+            top1 = {"supcon": 80.0, "ce": 78.0}[method] + batch / 128 + (3.0 if memory else 0.0) + (0.5 - seed)
+            values = {"batch_size": batch, **({"memory_size": memory} if method == "supcon" else {})}
+            trial = f"{method}-b{batch}-m{memory}-s{seed}"
+            rows.append(_row(trial, method, "grid", values, seed, top1))
+            stage = "contrastive" if method == "supcon" else "ce"
+            for epoch in (1, 2):  # peaks grow over a run: each trial's peak is its last epoch's
+                history.append({"trial_id": trial, "method": method, "stage": stage, "epoch": epoch, "loss": 1.0,
+                                "lr": 0.5, "val_top1": 80.0, "val_top5": 99.0, "images_per_second": 1000.0,
+                                "epoch_seconds": 10.0, "augment_fraction": 0.2,
+                                "memory_fraction": 0.125 if memory else 0.0,
+                                "peak_memory_mb": batch * (2.0 if memory else 1.0) * epoch / 2 + 100 * seed})
+            if method == "supcon":
+                history.append({"trial_id": trial, "method": method, "stage": "linear", "epoch": 1, "loss": 1.0,
+                                "lr": 2.5, "val_top1": 80.0, "val_top5": 99.0, "images_per_second": 1000.0,
+                                "epoch_seconds": 99.0, "augment_fraction": 0.2, "memory_fraction": 0.9,
+                                "peak_memory_mb": 1.0e6})
+    results = pd.DataFrame(rows)
+    info = {"space": "memory_bank", "design": "grid", "dataset": "cifar10", "model": "resnet18", "epochs": 2,
+            "seeds": [0, 1], "num_trials": len(results)}
+    study = write_study(directory, results=results, info=info)
+    pd.DataFrame(history).to_parquet(study / "history.parquet", index=False)
+    return study
+
+
+def test_memory_bank_study_has_the_memory_section(tmp_path):
+    """Issue 15: top-1 vs batch size without and with the memory per method, and the memory's cost from the
+    history (median share of the epoch, median of each trial's peak memory), for the memory_bank space only."""
+    from analysis.report import memory_accuracy_table, memory_cost_table
+
+    study = memory_bank_study(tmp_path / "memory_bank")
+    files = load_study(study)
+    accuracy = memory_accuracy_table(files.results, num_classes=10)
+    assert accuracy[["method", "memory"]].values.tolist() == [
+        ["SupCon", "off"], ["SupCon", "4096 keys"], ["cross-entropy", "off"]]
+    assert accuracy[["batch 128", "batch 256"]].values.tolist() == [[81.0, 82.0], [84.0, 85.0], [79.0, 80.0]]
+    assert accuracy["seeds"].tolist() == ["2", "2", "2"]
+    cost = memory_cost_table(files.results, files.history)
+    assert cost["memory"].tolist() == ["off", "off", "4096 keys", "4096 keys", "off", "off"]
+    assert cost["batch size"].tolist() == [128, 256, 128, 256, 128, 256]
+    assert cost["epochs"].tolist() == [4] * 6  # the linear stage's epochs are left out
+    assert cost["memory share of epoch (%, median)"].tolist() == [0.0, 0.0, 12.5, 12.5, 0.0, 0.0]
+    assert cost["epoch seconds (median)"].tolist() == [10.0] * 6
+    # Each trial's peak is its last epoch's (batch x 2 with the memory, + 100 per seed); median over 2 seeds.
+    assert cost["peak memory MiB (median over trials)"].tolist() == [178.0, 306.0, 306.0, 562.0, 178.0, 306.0]
+
+    _, md_path = build_report(study, n_boot=200)
+    text = md_path.read_text()
+    assert "### Memory of past batches (paper Sec. 4.1)" in text
+    section = text.split("### Memory of past batches")[1].split("\n## ")[0]
+    assert "| SupCon | 4096 keys | 84 | 85 | 2 |" in section and "| cross-entropy | off | 79 | 80 | 2 |" in section
+    assert "SupCon at batch 128 gains +3.00 points from a memory of 4096 keys (84.00 vs 81.00)" in section
+    assert "reaches batch 256 without one (82.00)" in section
+    assert "| SupCon | 4096 keys | 128 | 4 | 12.50 | 10 | 306 |" in section
+    assert "accuracy_vs_batch_size_by_memory.png" in section  # the figure split by memory
+    assert "accuracy_vs_batch_size.png" not in text  # not the one that mixes SupCon with and without memory
+
+    other = build_report(write_study(tmp_path / "other", results=small_results()), n_boot=200)[1].read_text()
+    assert "Memory of past batches" not in other
