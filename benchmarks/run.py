@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-CPU_BENCHMARKS = ("loss", "ray_overhead", "sweep_efficiency", "data", "augment", "corruptions", "coverage")
+CPU_BENCHMARKS = ("loss", "memory", "ray_overhead", "sweep_efficiency", "data", "augment", "corruptions",
+                  "coverage")
 BENCHMARKS = CPU_BENCHMARKS + ("gpu",)
 
 

@@ -1,10 +1,12 @@
 """The batched (device) augmentation path against the per-image path: the same crop area / aspect / flip
 statistics (read back from images whose pixels encode their coordinates), the same jitter / grayscale
-rates, the same sharpness distribution on real images, independent views, seeded repeats, bad values
-rejected, and a tiny end-to-end training run with data_pipeline="device"."""
+rates, the same sharpness distribution on real images, the same RandAugment / AutoAugment op mix and
+magnitudes, independent views, seeded repeats, bad values rejected, tiny end-to-end training runs with
+data_pipeline="device", and the same under Ray Train with two workers and inside a one-worker Tune trial."""
 
 from __future__ import annotations
 
+import json
 import math
 import tarfile
 
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.stats import ks_2samp
+from scipy.stats import chi2_contingency, ks_2samp
 
 from study.augment import build_train_transform
 from study.batched_augment import BatchAugment, build_batch_augment, resolve_data_pipeline
@@ -204,6 +206,59 @@ def test_geometric_op_rate_matches_the_per_image_path(policy, fill):
     assert 0.05 < rates[0] and abs(rates[0] - rates[1]) < 0.12  # 3.5 standard errors at N = 400
 
 
+def _op_effects(outputs: np.ndarray, fill: int) -> dict[str, np.ndarray]:
+    """Per view [N, 3, S, S] in pixel units: the fill fraction (pixels a shear / translation / rotation
+    uncovered), the angle of the source's x axis in the output (rotation and shear, read back from the
+    coordinate code: a least-squares plane R = a u + b v + c over the covered pixels; flips folded), and the
+    mean of the source's constant B = 255 channel over the covered pixels (the colour ops' magnitudes)."""
+    size = outputs.shape[-1]
+    v, u = np.mgrid[0:size, 0:size]
+    fills, angles, blues = [], [], []
+    for view in np.round(outputs):
+        filled = (np.abs(view - fill) <= 1).all(0)
+        covered = ~filled
+        fills.append(filled.mean())
+        if covered.sum() < 8:
+            angles.append(0.0)
+            blues.append(float(fill))
+            continue
+        design = np.stack([u[covered], v[covered], np.ones(covered.sum())], 1).astype(float)
+        (a, b, _), *_ = np.linalg.lstsq(design, view[0][covered], rcond=None)
+        angles.append(math.degrees(math.atan2(b, abs(a))) if abs(a) + abs(b) > 1e-6 else 0.0)
+        blues.append(view[2][covered].mean())
+    return {"fill fraction": np.array(fills), "x-axis angle": np.array(angles), "blue mean": np.array(blues)}
+
+
+@pytest.mark.parametrize("policy, fill", [("randaugment", 128), ("autoaugment", 0)])
+def test_op_mix_and_magnitudes_match_the_per_image_path(policy, fill):
+    """RandAugment at M=9, N=1 (and AutoAugment's CIFAR policy) on a coordinate-coded source at 32 px: the
+    distributions of what the ops did (fill fraction, the source's x axis angle, the colour ops' effect on
+    the constant channel) agree between the batched and the per-image path (fixed seed, N views each)."""
+    source = coordinate_image()
+    kwargs = {"randaugment_n": 1, "randaugment_m": 9}
+    torch.manual_seed(9)
+    reference = _op_effects(per_image(policy, [Image.fromarray(source)], N, size=32, **kwargs), fill)
+    ours = _op_effects(batched(policy, source[None], N, size=32, **kwargs), fill)
+    # The geometric ops resample with nearest neighbours (PIL per image, kornia batched), which moves the
+    # read-back by a few pixels (a shear's fill 138 vs 134 of 1024 pixels, its angle 15.4 vs 15.0 degrees):
+    # the op mix is compared by category (chi-square), and, for RandAugment, whose M fixes one magnitude
+    # per op, each category's magnitude within that rounding (AutoAugment mixes its sub-policies' magnitudes).
+    categories = {"fill fraction": ((0.001, 0.25), 0.02), "x-axis angle": ((5.0, 21.0), 1.0)}
+    for name, (edges, tolerance) in categories.items():
+        binned = [np.digitize(np.abs(effects[name]), edges) for effects in (reference, ours)]
+        table = np.array([[np.sum(b == k) for k in range(len(edges) + 1)] for b in binned])
+        table = table[:, table.sum(0) > 0]
+        assert chi2_contingency(table).pvalue > 1e-3, (name, table.tolist())
+        for k in range(1, len(edges) + 1) if policy == "randaugment" else ():
+            assert all((b == k).sum() >= 5 for b in binned), (name, table.tolist())
+            theirs, mine = (np.median(np.abs(e[name])[b == k]) for e, b in zip((reference, ours), binned))
+            assert abs(theirs - mine) <= tolerance, (name, k, theirs, mine)
+    assert ks_2samp(reference["blue mean"], ours["blue mean"]).pvalue > 1e-3
+    if policy == "randaugment":  # the ops did act: Rotate +-27 degrees, Shear 0.27 (15 degrees) at M=9
+        for effects in (reference, ours):
+            assert (np.abs(effects["x-axis angle"]) > 21).mean() > 0.02
+            assert (effects["blue mean"] < 200).mean() > 0.05
+
 def test_images_of_different_sizes_are_cropped_one_by_one():
     images = [torch.randint(0, 256, (3, 50 + i, 40 + 3 * i), dtype=torch.uint8) for i in range(3)]
     for policy in ("crop_flip", "pad_crop_flip", "stacked_randaugment"):
@@ -252,3 +307,79 @@ def test_seeded_training_with_the_device_pipeline_repeats_exactly(tmp_path):
         train(config, context)
         losses.append([m["loss"] for m in context.history if m["stage"] != "final"])
     assert losses[0] == losses[1]
+
+
+# ------------------------------------------------------------------ under Ray Train and inside a Tune trial
+RAY_TINY = {"dataset": "digits", "model": "resnet18", "width": 0.0625, "epochs": 1, "linear_epochs": 1,
+            "batch_size": 64, "linear_batch_size": 64, "augmentation": "crop_flip", "data_pipeline": "device"}
+
+
+def train_recording_workers(config: Config, context, *, folder: str) -> dict:
+    """The product's loop, recording each worker's rank, world size, shard and reported epochs to a file of
+    its own. Module-level, so that Ray can pickle it to the workers (by value: see `recording_workers`)."""
+    from pathlib import Path
+
+    from study.train import train
+
+    reports: list[dict] = []
+    report = context.report
+
+    def record(metrics, checkpoint_dir=None):
+        reports.append(dict(metrics))
+        report(metrics, checkpoint_dir)
+
+    context.report = record
+    final = train(config, context)
+    Path(folder, f"rank{context.world_rank}.json").write_text(json.dumps(
+        {"rank": context.world_rank, "world_size": context.world_size, "device": str(context.device),
+         "reports": reports}, default=str))
+    return final
+
+
+def recording_workers(folder):
+    import functools
+    import sys
+
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    return functools.partial(train_recording_workers, folder=str(folder))
+
+
+def test_two_ray_train_workers_each_augment_their_own_shard(ray_session, tmp_path):
+    from study.launch import run_training
+
+    folder = tmp_path / "workers"
+    folder.mkdir()
+    config = Config.from_dict({**RAY_TINY, "method": "supcon", "num_workers": 2})  # gloo on CPU
+    final = run_training(config, storage=str(tmp_path / "runs"), name="device-pipeline", max_failures=0,
+                         train_fn=recording_workers(folder))
+    assert final["status"] == "completed" and 0 <= final["test_top1"] <= 100
+    workers = [json.loads((folder / f"rank{rank}.json").read_text()) for rank in range(2)]
+    for rank, worker in enumerate(workers):
+        assert worker["rank"] == rank and worker["world_size"] == 2
+        epochs = [m for m in worker["reports"] if m.get("stage") in ("contrastive", "linear")
+                  and m.get("status") == "running"]
+        assert [m["stage"] for m in epochs] == ["contrastive", "linear"]
+        # every worker augmented on its own device, in its own process: a real share of each of its epochs
+        assert all(0 < m["augment_fraction"] < 1 for m in epochs)
+
+
+def test_one_worker_tune_trial_records_the_augmentation_share(ray_session, tmp_path):
+    import pandas as pd
+
+    from study.sweep import SweepOptions, run_sweep
+
+    base = "\n".join(f"  {key}: {value}" for key, value in RAY_TINY.items() if key != "data_pipeline")
+    space = tmp_path / "device.yaml"
+    space.write_text(f"name: device\nbase:\n{base}\n  lr: 0.5\ndesign: one_at_a_time\nmethods: [ce]\n"
+                     "seeds: [0]\nvary:\n  lr: [0.5]\n")
+    study = run_sweep(str(space), {"data_pipeline": "device"},
+                      SweepOptions(storage=str(tmp_path / "runs"), name="device", max_failures=0, verbose=0))
+    results = pd.read_parquet(study / "results.parquet")
+    assert list(results["status"]) == ["completed"]
+    assert json.loads(results["config"].iloc[0])["data_pipeline"] == "device"
+    history = pd.read_parquet(study / "history.parquet")
+    epochs = history[history["stage"] != "final"]
+    assert len(epochs) >= 1 and "augment_fraction" in history
+    assert epochs["augment_fraction"].between(0, 1, inclusive="neither").all()

@@ -3,6 +3,8 @@ FLOP count. Timings are never asserted: they belong to benchmarks."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -12,12 +14,45 @@ from benchmarks import gpu
 RESNET50_FORWARD_FLOPS = 2 * 4.09e9  # per 224 px image: torchvision's 4.09 G multiply-adds
 
 
-def test_smoke_run_measures_every_method_and_precision(capsys):
+def tables(output: str) -> list[list[list[str]]]:
+    """The markdown tables of a benchmark's output, each as its rows of cells (header and rule dropped)."""
+    found: list[list[list[str]]] = []
+    previous = ""
+    for line in output.splitlines():
+        if line.startswith("|"):
+            if not previous.startswith("|"):
+                found.append([])
+            found[-1].append([cell.strip() for cell in line.strip("|").split("|")])
+        previous = line
+    return [table[2:] for table in found]
+
+
+def test_smoke_run_measures_every_method_and_precision_and_the_pipeline(capsys):
     assert gpu.main(["--smoke", "--device", "cpu"]) == 0
-    table = [line.strip("|").split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
-    rows = [[cell.strip() for cell in row] for row in table[2:]]  # after the header and its rule
-    assert [row[:2] for row in rows] == [[method, precision] for method in gpu.METHODS for precision in gpu.PRECISIONS]
-    assert all(float(row[2]) > 0 for row in rows)  # images/s
+    steps, pipeline = tables(capsys.readouterr().out)
+    assert [row[:2] for row in steps] == [[method, precision] for method in gpu.METHODS for precision in gpu.PRECISIONS]
+    assert all(float(row[2]) > 0 for row in steps)  # images/s
+    # The SupCon step fed by the batched augmentation: augmentation alone, step alone, their ratio, end to end.
+    assert [row[:2] for row in pipeline] == [[policy, "bf16"] for policy in gpu.PIPELINE_POLICIES]
+    for row in pipeline:
+        augment, step, ratio, goal, end_to_end = row[2], row[3], row[4], row[5], row[6]
+        assert float(augment) > 0 and float(step) > 0 and float(end_to_end) > 0  # "0" at < 0.5 views/s: a hang
+        augment, step = float(augment), float(step)  # printed to whole views/s: each within 0.5
+        assert (augment - 0.5) / (step + 0.5) - 0.01 <= float(ratio) <= (augment + 0.5) / max(step - 0.5, 1e-9) + 0.01
+        assert goal == ("met" if float(ratio) >= gpu.PIPELINE_GOAL else "short")
+
+
+def test_pipeline_can_be_left_out(capsys):
+    assert gpu.main(["--smoke", "--device", "cpu", "--methods", "ce", "--precisions", "fp32", "--steps", "1",
+                     "--pipeline-policies"]) == 0
+    assert [[row[:2] for row in table] for table in tables(capsys.readouterr().out)] == [[["ce", "fp32"]]]
+
+
+def test_pipeline_step_trains_on_the_augmented_views():
+    setting = dataclasses.replace(gpu.SMOKE, warmup=0, steps=1)
+    row = gpu.measure_pipeline("autoaugment", setting, torch.device("cpu"), {"bf16": 1.0})
+    assert row["policy"] == "autoaugment" and row["mfu"] is not None and row["tflops"] > 0
+    assert row["ratio"] == pytest.approx(row["augment_per_s"] / row["step_per_s"])
 
 
 @pytest.mark.parametrize("method", gpu.METHODS)
