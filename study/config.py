@@ -308,17 +308,26 @@ def _field_hints() -> dict[str, Any]:
     return typing.get_type_hints(Config)
 
 
+def _is_optional(hint: Any) -> bool:
+    """Whether a field's type hint admits None (`int | None`)."""
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+def _plain_type(hint: Any) -> Any:
+    """The one plain type behind a field's hint: `int | None` -> int, `Literal["a", "b"]` -> str."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is Literal:
+        hint = type(typing.get_args(hint)[0])
+    return hint
+
+
 def _expected_type(value: Any, hint: Any) -> str | None:
     """None when `value` has the type `hint` asks for (ints pass for floats, numpy scalars for numbers, no
     strings for numbers); otherwise the expected type's name."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (hint,) = [a for a in args if a is not type(None)]
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Literal:
-        hint = type(args[0])
+    if value is None and _is_optional(hint):
+        return None
+    hint = _plain_type(hint)
     if hint is bool:
         ok = isinstance(value, bool)
     elif hint is int:
@@ -334,15 +343,9 @@ def _expected_type(value: Any, hint: Any) -> str | None:
 
 def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
     """Check `value` against the field's type hint; accept ints for floats and numeric strings from YAML/CLI."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (hint,) = [a for a in args if a is not type(None)]
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Literal:
-        hint = type(args[0])
+    if value is None and _is_optional(hint):
+        return None
+    hint = _plain_type(hint)
 
     def bad() -> ConfigError:
         return ConfigError(

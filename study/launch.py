@@ -45,11 +45,11 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> Non
         raise ConfigError(f"--address {address!r}: no Ray cluster answers there ({error.strerror or error})") from None
 
 
-def check_storage(storage: str) -> None:
+def check_storage(storage: str, *, probe: bool = True) -> None:
     """Refuse a storage path that is a file or cannot be written (read-only, no permission, disk full), before
     any compute starts. Leaves no trace: the probe file is written in a temporary folder inside the nearest
     existing folder on the path (where the run would create its own) and removed, so a command that fails a
-    later check has written nothing."""
+    later check has written nothing. `probe=False` (a dry run) asks the permissions instead of writing."""
     if "://" in storage:
         return
     path = Path(storage).expanduser().absolute()
@@ -60,9 +60,13 @@ def check_storage(storage: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise ConfigError(f"--storage {storage!r}: {existing} is a file, so the folder cannot be created")
+    if not probe:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"--storage {storage!r} is not writable ({existing}: permission denied)")
+        return
     try:
-        with tempfile.TemporaryDirectory(prefix=".write-probe-", dir=existing) as probe:
-            Path(probe, "probe").write_bytes(b"ok")
+        with tempfile.TemporaryDirectory(prefix=".write-probe-", dir=existing) as probe_dir:
+            Path(probe_dir, "probe").write_bytes(b"ok")
     except OSError as error:
         raise ConfigError(f"--storage {storage!r} is not writable ({error.strerror or error})") from None
 

@@ -247,7 +247,7 @@ def plan(space: SpaceArgument, overrides: dict[str, Any] | None = None, options:
     specs, base = _expand(space, overrides, options)
     if _is_local(options.address):
         _check_datasets(specs, base)
-    _check_storage_read_only(options.storage)
+    check_storage(options.storage, probe=False)
     if space.design == "search":
         trials = tuple(_planned_search(space, method, overrides, options) for method in space.methods)
         num_trials = space.num_samples * len(space.methods)
@@ -334,22 +334,6 @@ def resolve_space(space: SpaceArgument) -> StudySpace:
         return load_space(space)
     raise ConfigError(f"space must be a space name, a path to a space file or a StudySpace, got "
                       f"{type(space).__name__}")
-
-
-def _check_storage_read_only(storage: str) -> None:
-    """`check_storage` without its write probe: a storage that is a file, or a folder that cannot be written."""
-    if "://" in storage:
-        return
-    path = Path(storage).expanduser().absolute()
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--storage {storage!r} is a file; expected a folder (created if missing) or a URI")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"--storage {storage!r}: {existing} is a file, so the folder cannot be created")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--storage {storage!r} is not writable ({existing}: permission denied)")
 
 
 def run_sweep(space: SpaceArgument, overrides: dict[str, Any] | None = None,
