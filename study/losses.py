@@ -116,6 +116,19 @@ def _positive_masks(self_cols: Tensor, anchor_class: Tensor, contrast_class: Ten
     return kept, positives & ~kept
 
 
+def _global_mean(local_sum: Tensor, count: Tensor, world: int, scale: float) -> Tensor:
+    """This worker's share of the mean over every worker's anchors, times `scale` (t when the loss is rescaled
+    by the temperature). With several workers the value is the global mean on every worker while the gradient
+    stays this share's, scaled by `world` for DDP's gradient averaging (report the global loss on every
+    worker while keeping the DDP-scaled gradient of this share)."""
+    loss = local_sum * world / count
+    if world > 1:
+        total = local_sum.detach().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        loss = loss + (total / count - loss).detach()
+    return loss * scale
+
+
 def _row_blocks(n_rows: int, n_cols: int, elements: int = 1 << 22) -> list[slice]:
     """Row slices of about `elements` entries: bounds the temporaries of row-wise work to 16 MB of float32."""
     step = max(1, elements // max(n_cols, 1))
@@ -307,15 +320,7 @@ def supcon_loss(features: Tensor, labels: Tensor | Sequence[int] | None = None, 
 
         local_sum = torch.where(n_positives > 0, per_anchor, 0.0).sum()
         global_count = (class_sizes[global_anchor_class] > 1).sum().clamp(min=1).to(dtype)
-        loss = local_sum * world / global_count
-        if world > 1:
-            # Report the global loss on every worker while keeping the DDP-scaled gradient of this share.
-            total = local_sum.detach().clone()
-            dist.all_reduce(total, op=dist.ReduceOp.SUM)
-            loss = loss + (total / global_count - loss).detach()
-        if scale_by_temperature:
-            loss = loss * temperature
-        return loss
+        return _global_mean(local_sum, global_count, world, temperature if scale_by_temperature else 1.0)
 
 
 def supcon_loss_with_memory(features: Tensor, keys: Tensor, labels: Tensor | Sequence[int] | None,
@@ -404,11 +409,4 @@ def supcon_loss_with_memory(features: Tensor, keys: Tensor, labels: Tensor | Seq
         if world > 1:
             dist.all_reduce(count, op=dist.ReduceOp.SUM)
         count = count.clamp(min=1)
-        loss = local_sum * world / count
-        if world > 1:
-            total = local_sum.detach().clone()
-            dist.all_reduce(total, op=dist.ReduceOp.SUM)
-            loss = loss + (total / count - loss).detach()
-        if scale_by_temperature:
-            loss = loss * temperature
-        return loss
+        return _global_mean(local_sum, count, world, temperature if scale_by_temperature else 1.0)

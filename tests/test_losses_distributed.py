@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import traceback
-
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from study.losses import supcon_loss
+from workers import run_workers
 
 WORLD = 2
 BATCH = 6  # global
@@ -48,43 +46,25 @@ def loss_and_grads(model, x, labels, case):
     return loss.detach().numpy(), [p.grad.detach().numpy().copy() for p in module.parameters()]
 
 
-def worker(rank: int, store_path: str, results) -> None:
+def worker(rank: int, store_path: str):
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, WORLD), rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    model, x, labels = make_inputs()
+    mine = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+    plain = [loss_and_grads(model, x[mine], labels[mine], case) for case in CASES]
+    wrapped = DistributedDataParallel(model)
+    ddp = [loss_and_grads(wrapped, x[mine], labels[mine], case) for case in CASES]
     try:
-        store = dist.FileStore(store_path, WORLD)
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD)
-        torch.set_num_threads(1)
-        model, x, labels = make_inputs()
-        mine = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
-        plain = [loss_and_grads(model, x[mine], labels[mine], case) for case in CASES]
-        wrapped = DistributedDataParallel(model)
-        ddp = [loss_and_grads(wrapped, x[mine], labels[mine], case) for case in CASES]
-        try:
-            supcon_loss(torch.randn(1 + rank, 2, 3), None)
-            unequal = "no error"
-        except ValueError as error:
-            unequal = str(error)
-        results.put((rank, (plain, ddp, unequal)))
-        dist.destroy_process_group()
-    except BaseException:  # hand the failure to the test instead of leaving it waiting
-        results.put((rank, traceback.format_exc()))
+        supcon_loss(torch.randn(1 + rank, 2, 3), None)
+        unequal = "no error"
+    except ValueError as error:
+        unequal = str(error)
+    dist.destroy_process_group()
+    return plain, ddp, unequal
 
 
 def test_two_workers_equal_one_worker_with_the_whole_batch(tmp_path):
-    context = mp.get_context("fork")  # no re-import of torch: seconds, not tens of seconds
-    results = context.Queue()
-    processes = [context.Process(target=worker, args=(rank, str(tmp_path / "store"), results), daemon=True)
-                 for rank in range(WORLD)]
-    for process in processes:
-        process.start()
-    try:
-        outputs = dict(results.get(timeout=120) for _ in range(WORLD))
-    finally:
-        for process in processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-    failures = [output for output in outputs.values() if isinstance(output, str)]
-    assert not failures, failures[0]
+    outputs = run_workers(worker, WORLD, str(tmp_path / "store"))
 
     model, x, labels = make_inputs()
     for index, case in enumerate(CASES):

@@ -15,6 +15,7 @@ from study.config import Config, ConfigError
 from study.losses import supcon_loss, supcon_loss_with_memory
 from study.memory import KeyMemory
 from study.train import LocalContext, load_splits, train
+from workers import run_workers
 
 TINY = {"dataset": "digits", "model": "resnet18", "width": 0.0625, "epochs": 1, "linear_epochs": 1,
         "batch_size": 64, "linear_batch_size": 64, "augmentation": "crop_flip"}
@@ -289,40 +290,21 @@ def _memory_steps(rows: slice, supervised: bool, distributed: bool):
     return steps, (memory.keys.numpy().copy(), memory.labels.numpy().copy(), memory.pointer, memory.filled)
 
 
-def _memory_worker(rank: int, store_path: str, results) -> None:
-    import traceback
-
+def _memory_worker(rank: int, store_path: str) -> list:
     import torch.distributed as dist
 
-    try:
-        dist.init_process_group("gloo", store=dist.FileStore(store_path, WORLD), rank=rank, world_size=WORLD)
-        torch.set_num_threads(1)
-        mine = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
-        results.put((rank, [_memory_steps(mine, supervised, True) for supervised in (True, False)]))
-        dist.destroy_process_group()
-    except BaseException:
-        results.put((rank, traceback.format_exc()))
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, WORLD), rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    mine = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+    outputs = [_memory_steps(mine, supervised, True) for supervised in (True, False)]
+    dist.destroy_process_group()
+    return outputs
 
 
 def test_two_workers_keep_identical_queues_and_match_one_process(tmp_path):
     import numpy as np
-    import torch.multiprocessing as mp
 
-    context = mp.get_context("fork")
-    results = context.Queue()
-    processes = [context.Process(target=_memory_worker, args=(rank, str(tmp_path / "store"), results), daemon=True)
-                 for rank in range(WORLD)]
-    for process in processes:
-        process.start()
-    try:
-        outputs = dict(results.get(timeout=120) for _ in range(WORLD))
-    finally:
-        for process in processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-    failures = [output for output in outputs.values() if isinstance(output, str)]
-    assert not failures, failures[0]
+    outputs = run_workers(_memory_worker, WORLD, str(tmp_path / "store"))
     for case, supervised in enumerate((True, False)):
         want_steps, want_queue = _memory_steps(slice(None), supervised, False)
         for rank in range(WORLD):
