@@ -25,13 +25,14 @@ from typing import Any, Union
 import pandas as pd
 import torch
 
+from study.collection import (CONFIGS_OPTION, HYPERPARAMETERS_OPTION, OPTIONS_KEY, TRIAL_KEY, VARIED_KEY,
+                              TrialDescription, collect_trials, describe_trial, trial_status)
 from study.config import Config, ConfigError
 from study.files import write_json, write_table
 from study.launch import (RayContext, build_trainer, check_address, check_dataset, check_run_name, check_storage,
                           connect_ray, dataset_slug, quiet_ray_train_info, storage_uri)
 from study.spaces import StudySpace, TrialSpec, load_space, parse_space
-from study.tables import (HISTORY_COLUMNS, HISTORY_FILE, MODEL_FILE, RESULT_FINAL_COLUMNS, RESULT_ID_COLUMNS,
-                          RESULTS_FILE, SEARCH, STUDY_FILE)
+from study.tables import HISTORY_FILE, RESULTS_FILE, SEARCH, STUDY_FILE
 from study.train import train
 
 STATUS_EVERY_SECONDS = 60  # a status line while trials run, between the lines of finished trials
@@ -96,8 +97,10 @@ def local_resources() -> dict[str, float]:
 
 # ----------------------------------------------------------------------------------------- trainable
 def run_trial(tune_config: dict[str, Any]) -> None:
-    """The Tune function trainable of enumerated designs: one expanded trial spec."""
-    _train_trial(Config.from_dict(_spec_of(tune_config)["config"]), tune_config["options"])
+    """The Tune function trainable of enumerated designs: one expanded trial (current or older format)."""
+    described = describe_trial(tune_config)
+    assert described.config is not None  # an enumerated trial carries its config
+    _train_trial(Config.from_dict(described.config), described.options)
 
 
 def _train_trial(config: Config, options: dict[str, Any]) -> None:
@@ -416,31 +419,97 @@ def run_sweep(space: SpaceArgument, overrides: dict[str, Any] | None = None,
 
 def _run_grid(trials: list[TrialSpec], options: SweepOptions, study_dir: Path, resources: dict[str, float],
               trial_options: dict[str, Any], concurrency: int) -> None:
-    """Enumerated designs (grid, one-at-a-time): one Tune trial per expanded trial spec."""
+    """Enumerated designs (grid, one-at-a-time): one Tune trial per expanded trial spec, handed to Tune one by
+    one by `_trial_list_searcher` so that each trial's hyperparameters are keys of its own Tune config."""
     from ray import tune
 
     trainable = tune.with_resources(_restoring_latest_available(run_trial), resources)
-
-    specs = [_spec_json(spec) for spec in trials]
     experiment = study_dir / "tune"
     if options.resume and tune.Tuner.can_restore(str(experiment)):
+        # Tune restores the trial configs it recorded, in the format of the code that made the study: a study
+        # made before hyperparameters became Tune keys resumes with its `spec` strings (describe_trial reads both).
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
     else:
+        shared, configs = trial_configs(trials, trial_options)
         tuner = tune.Tuner(
             trainable,
-            param_space={"spec": tune.grid_search(specs), "options": trial_options},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=_reuse_actors(options),
+            param_space={OPTIONS_KEY: shared},
+            tune_config=tune.TuneConfig(search_alg=_trial_list_searcher(configs), num_samples=len(configs),
+                                        max_concurrent_trials=concurrency, reuse_actors=_reuse_actors(options),
                                         trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_name),
-            run_config=_tune_run_config(experiment, options, total=len(specs)),
+            run_config=_tune_run_config(experiment, options, total=len(trials)),
         )
-    _raise_if_interrupted(tuner.fit(), expected=len(specs))
+    _raise_if_interrupted(tuner.fit(), expected=len(trials))
 
 
-def _spec_json(spec: TrialSpec) -> str:
-    """An enumerated trial's spec as its Tune config carries it (and `_trial_row` reads it back). Specs travel
-    as JSON strings: Tune prints a trial's config at its start, and one line beats fifty."""
-    return json.dumps({"trial_name": spec.trial_name, "method": spec.method, "varied": varied_of(spec),
-                       "params": spec.hyperparameters, "seed": spec.seed, "config": spec.config.to_dict()})
+def trial_configs(trials: list[TrialSpec],
+                  trial_options: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The Tune configs of enumerated trials (the format `study.collection` documents and `describe_trial` reads):
+    the part every trial shares (its `options`: how trials run, each method's base config and results columns)
+    and, per trial, its top-level keys (`trial`, `varied`, `method`, `seed`, each hyperparameter the space
+    varies for the method, and any other field where the trial differs from its method's base config: a
+    companion). A trial's full config is its method's base config updated with its top-level fields."""
+    bases: dict[str, dict[str, Any]] = {}
+    columns: dict[str, list[str]] = {}
+    for spec in trials:  # a method's first trial is its base
+        bases.setdefault(spec.method, spec.config.to_dict())
+        columns.setdefault(spec.method, list(spec.hyperparameters))
+    shared = {**trial_options, CONFIGS_OPTION: bases, HYPERPARAMETERS_OPTION: columns}
+    configs = []
+    for spec in trials:
+        fields = spec.config.to_dict()
+        base = bases[spec.method]
+        changed = {key: value for key, value in fields.items() if value != base.get(key)}
+        config = {TRIAL_KEY: spec.trial_name, VARIED_KEY: varied_of(spec), "method": spec.method, "seed": spec.seed,
+                  **{key: fields[key] for key in spec.hyperparameters}, **changed}
+        configs.append(config)
+        # Holds by construction; checked because a wrong rebuild would train another trial than the one planned.
+        assert describe_trial({**config, OPTIONS_KEY: shared}).config == fields, spec.trial_name
+    return shared, configs
+
+
+def _trial_list_searcher(configs: list[dict[str, Any]]):
+    """A Tune `Searcher` handing out `configs` in order, one per trial, then FINISHED.
+
+    Why not `tune.grid_search`: over a list of dicts it nests each under the grid key, and over a trial index
+    the hyperparameters would have to be `sample_from` lambdas present (as None) in every trial. A searcher's
+    suggestion is merged at the top level of the trial config, and only the suggestion is what Tune counts
+    as the trial's hyperparameters (`evaluated_params`: TensorBoard's HParams, the progress table), so the
+    shared `options` stay out of them. Its state (how many were handed out) is saved as JSON, and restored by
+    `Tuner.restore`. Ray is imported lazily, so the class is built here."""
+    from ray.tune.search import Searcher
+
+    class TrialList(Searcher):
+        CKPT_FILE_TMPL = "trial-list-state-{}.json"
+
+        def __init__(self, configs: list[dict[str, Any]]):
+            super().__init__(metric=None, mode=None)
+            self.configs = configs
+            self.handed_out = 0
+
+        # Tune's annotation leaves out the FINISHED its docstring asks for.
+        def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
+            if self.handed_out >= len(self.configs):
+                return Searcher.FINISHED
+            self.handed_out += 1
+            return dict(self.configs[self.handed_out - 1])
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            pass  # nothing to learn: the list is fixed
+
+        def get_state(self) -> dict[str, Any]:
+            return {"handed_out": self.handed_out, "trials": len(self.configs)}
+
+        def set_state(self, state: dict[str, Any]) -> None:
+            self.handed_out = int(state["handed_out"])
+
+        def save(self, checkpoint_path: str) -> None:
+            Path(checkpoint_path).write_text(json.dumps(self.get_state()))
+
+        def restore(self, checkpoint_path: str) -> None:
+            self.set_state(json.loads(Path(checkpoint_path).read_text()))
+
+    return TrialList(configs)
 
 
 def _raise_if_interrupted(results, expected: int) -> None:
@@ -514,20 +583,16 @@ def _tune_run_config(experiment: Path, options: SweepOptions, total: int):
     )
 
 
-def _spec_of(config: dict[str, Any]) -> dict[str, Any] | None:
-    """The expanded trial spec of an enumerated-design trial (None for searched trials)."""
-    spec = config.get("spec")
-    return json.loads(spec) if isinstance(spec, str) else spec
-
-
-def _trial_method(trial) -> str:
-    spec = _spec_of(trial.config)
-    return spec["method"] if spec else trial.config.get("fixed", {}).get("method", "trial")
+def _describe(trial) -> TrialDescription:
+    """`describe_trial` of a live Tune trial."""
+    return describe_trial(trial.config, trial_id=trial.trial_id)
 
 
 def _trial_name(trial) -> str:
-    spec = _spec_of(trial.config)
-    return spec["trial_name"] if spec else f"{_trial_method(trial)}-{trial.trial_id}"
+    """A trial's name in Tune (and its folder's start): an enumerated trial's own, `<method>-<id>` for a
+    searched one. Kept by this name: a study's experiment state refers to it, so a resume unpickles it."""
+    described = _describe(trial)
+    return f"{described.method}-{trial.trial_id}" if described.varied == SEARCH else described.name
 
 
 def _trial_dirname(trial) -> str:
@@ -565,11 +630,13 @@ def _run_search(space: StudySpace, method: str, overrides: dict[str, Any], optio
                                   **space.scheduler_options)
     fixed_overrides = trial_overrides(overrides, options)
     # The space travels as text: a trial may run on a node that cannot see the file, or from another folder.
-    base_config = {"method": method, "space_file": str(space.path), "space_text": space.path.read_text(),
-                   "overrides": fixed_overrides, "seed": space.seeds[0], "options": trial_options}
+    # It is under `options` with how the trial runs; Optuna's samples, the method and the seed are the top-level
+    # keys (and only the samples are what Tune logs as the trial's hyperparameters).
+    run_options = {"space_file": str(space.path), "space_text": space.path.read_text(), "overrides": fixed_overrides,
+                   **trial_options}
     tuner = tune.Tuner(
         trainable,
-        param_space={"fixed": base_config},
+        param_space={"method": method, "seed": space.seeds[0], OPTIONS_KEY: run_options},
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
                                     scheduler=scheduler, num_samples=space.num_samples,
                                     reuse_actors=_reuse_actors(options)),
@@ -579,12 +646,13 @@ def _run_search(space: StudySpace, method: str, overrides: dict[str, Any], optio
 
 
 def _searched_trial(tune_config: dict[str, Any]) -> None:
-    """A searched trial: Optuna's sample on top of the space's base config for the method."""
-    fixed = tune_config["fixed"]
-    sample = {key: value for key, value in tune_config.items() if key != "fixed"}
-    space = parse_space(fixed["space_text"], fixed["space_file"], label=fixed["space_file"])
-    config = space.config_for(fixed["method"], sample, fixed["seed"], fixed["overrides"])
-    _train_trial(config, fixed["options"])
+    """A searched trial: Optuna's sample on top of the space's base config for the method (a trial of a study
+    made before the `options` format keeps its part under `fixed`: describe_trial reads both)."""
+    described = describe_trial(tune_config)
+    options = described.options
+    space = parse_space(options["space_text"], options["space_file"], label=options["space_file"])
+    config = space.config_for(described.method, described.params, described.seed, options["overrides"])
+    _train_trial(config, options)
 
 
 # ----------------------------------------------------------------------------------------- progress
@@ -623,100 +691,31 @@ def _trial_line_callback(total: int):
 
 def _trial_line(trial, failed: bool = False) -> str:
     """What a finished trial's progress line says (called as it finishes, before Tune updates its status)."""
-    spec = _spec_of(trial.config) or {}
+    described = _describe(trial)
     result = trial.last_result or {}
-    params = spec.get("params") or {key: value for key, value in trial.config.items() if key != "fixed"}
-    described = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
-                          for key, value in params.items()) or "base"
-    status = "failed" if failed else _status(trial, result)
+    params = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                       for key, value in described.params.items()) or "base"
+    status = "failed" if failed else trial_status(trial.status, result)
     if status == "pending":  # finished without its final report: the scheduler stopped it
         status = "stopped_early"
     top1 = result.get("test_top1", result.get("val_top1", math.nan))
-    return f"trial {_trial_name(trial)} [{_trial_method(trial)}] {described}: {status}, top-1 {top1:.2f}"
+    return f"trial {_trial_name(trial)} [{described.method}] {params}: {status}, top-1 {top1:.2f}"
 
 
 # ----------------------------------------------------------------------------------------- collection
 def collect(study_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read every trial of a (possibly partial) study and write results.parquet/.csv and history.parquet."""
-    from ray.tune import ExperimentAnalysis
+    """Read every trial of a (possibly partial) study and write results.parquet/.csv and history.parquet.
 
-    study_dir = Path(study_dir)
+    Reads only JSON (Tune's experiment state and each trial's result.json; `study.collection`), never Tune's
+    pickles: collecting a study folder someone else wrote runs none of its code."""
+    from pyarrow.fs import LocalFileSystem
+
+    study_dir = Path(study_dir).resolve()
     info = _read_json(study_dir / STUDY_FILE)
-    rows, history = [], []
-    for experiment in sorted(study_dir.glob("tune*")):
-        if not (experiment.is_dir() and list(experiment.glob("experiment_state*.json"))):
-            continue
-        analysis = ExperimentAnalysis(str(experiment))
-        for trial in analysis.trials:
-            row, trial_history = _trial_row(trial, info["space"], analysis)
-            rows.append(row)
-            history.extend(trial_history)
-    results = pd.DataFrame(rows)
-    varied = sorted({key for row in rows for key in row.get("_params", {})})
-    for key in varied:
-        results[key] = [row["_params"].get(key) for row in rows]
-    if len(results):
-        results = results.drop(columns="_params")
-    results = results.reindex(columns=[*RESULT_ID_COLUMNS, *varied, *RESULT_FINAL_COLUMNS])
-    history_table = pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
+    results, history = collect_trials(LocalFileSystem(), study_dir.as_posix(), info["space"])
     write_table(results, study_dir / RESULTS_FILE)
-    write_table(history_table, study_dir / HISTORY_FILE, csv=False)
-    return results, history_table
-
-
-def _trial_row(trial, study: str, analysis) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    spec = _spec_of(trial.config)
-    if spec is None:  # a searched trial
-        fixed = trial.config["fixed"]
-        params = {key: value for key, value in trial.config.items() if key != "fixed"}
-        spec = {"trial_name": trial.trial_id, "method": fixed["method"], "varied": varied_of(None), "params": params,
-                "seed": fixed["seed"], "config": None}
-    frame = analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame())
-    last = trial.last_result or {}
-    status = _status(trial, last)
-    epochs = frame[frame.get("stage", pd.Series(dtype=str)).isin(["contrastive", "ce", "linear"])] \
-        if "stage" in frame else pd.DataFrame()
-    if len(epochs):  # a retried or resumed trial reports again the epochs after its checkpoint: keep the last
-        epochs = epochs.drop_duplicates(subset=["stage", "epoch"], keep="last")
-    checkpoint = ""
-    if status == "completed" and trial.checkpoint is not None:
-        checkpoint = str(Path(trial.checkpoint.path) / MODEL_FILE)
-    elif status == "completed" and "checkpoint_path" in last:  # multi-worker trials report the Train path
-        checkpoint = str(Path(last["checkpoint_path"]) / MODEL_FILE)
-    row = {
-        "study": study, "trial_id": spec["trial_name"], "method": spec["method"], "varied": spec["varied"],
-        "_params": spec["params"], "seed": spec["seed"], "status": status,
-        "epochs_run": int(last["epochs_run"]) if status == "completed" and "epochs_run" in last else len(epochs),
-        "val_top1": last.get("val_top1", math.nan), "val_top5": last.get("val_top5", math.nan),
-        "test_top1": last.get("test_top1", math.nan) if status == "completed" else math.nan,
-        "test_top5": last.get("test_top5", math.nan) if status == "completed" else math.nan,
-        "wall_seconds": last.get("time_total_s", math.nan), "checkpoint": checkpoint,
-        "node_id": last.get("node_id", ""),
-        "error": _error_message(trial) if status == "failed" else "",
-        "config": json.dumps(spec["config"] if spec["config"] is not None else trial.config, sort_keys=True,
-                             default=str),
-    }
-    history = [{"trial_id": spec["trial_name"], "method": spec["method"],
-                **{key: record.get(key) for key in HISTORY_COLUMNS[2:]}} for record in epochs.to_dict("records")]
-    return row, history
-
-
-def _status(trial, last: dict[str, Any]) -> str:
-    if trial.status == "ERROR":
-        return "failed"
-    if last.get("status") == "diverged":
-        return "diverged"
-    if last.get("stage") == "final":
-        return "completed"
-    return "stopped_early" if trial.status == "TERMINATED" else "pending"
-
-
-def _error_message(trial) -> str:
-    path = Path(trial.path or "") / "error.txt"
-    if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        return lines[-1][:500] if lines else "failed"
-    return str(getattr(trial, "error_msg", "") or "failed")[:500]
+    write_table(history, study_dir / HISTORY_FILE, csv=False)
+    return results, history
 
 
 # ----------------------------------------------------------------------------------------- files
