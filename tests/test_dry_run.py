@@ -9,7 +9,6 @@ import math
 import socket
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -17,8 +16,9 @@ import run_study
 import study.sweep
 from study.config import Config
 from study.spaces import StudySpace, list_spaces, load_space
-from study.sweep import (SweepOptions, _spec_json, _trial_row, local_resources, max_concurrency, plan,
-                         prepare_trials, trial_resources)
+from study.collection import describe_trial
+from study.sweep import (SweepOptions, local_resources, max_concurrency, plan, prepare_trials, trial_configs,
+                         trial_resources)
 
 # Small budgets on the embedded dataset; --warmup-epochs keeps warm-up shorter than the 3 epochs.
 FLAGS = ["--dataset", "digits", "--epochs", "3", "--warmup-epochs", "0"]
@@ -80,13 +80,15 @@ def expected_grid(space: StudySpace) -> int:
     return per_seed * len(space.seeds)
 
 
-def results_varied(spec_json: str | None, fixed: dict | None = None) -> str:
+def results_varied(config: dict) -> str:
     """The `varied` column the sweep's results table gives a trial whose Tune config is this."""
-    config = {"spec": spec_json} if spec_json is not None else {"fixed": fixed}
-    trial = SimpleNamespace(config=config, trial_id="t0", last_result={}, status="PENDING", checkpoint=None,
-                            path=None, error_msg="")
-    row, _ = _trial_row(trial, "study", SimpleNamespace(trial_dataframes={}))
-    return row["varied"]
+    return describe_trial(config, trial_id="t0").varied
+
+
+def tune_configs(specs: list) -> list[dict]:
+    """The Tune configs the sweep gives these trials."""
+    shared, configs = trial_configs(specs, {"workers_per_trial": 1, "max_failures": 1, "train_storage": "t"})
+    return [{**config, "options": shared} for config in configs]
 
 
 def test_one_at_a_time_jsonl_and_text(tmp_path, capsys):
@@ -99,9 +101,9 @@ def test_one_at_a_time_jsonl_and_text(tmp_path, capsys):
     assert len(records) == expected_one_at_a_time(space)
     specs = prepare_trials(space, OVERRIDES, SweepOptions())
     assert [r["trial"] for r in records] == [spec.trial_name for spec in specs]
-    for record, spec in zip(records, specs):
+    for record, spec, config in zip(records, specs, tune_configs(specs), strict=True):
         assert set(record) >= {"method", "family", "value", "seed", "config"}
-        assert record["family"] == results_varied(_spec_json(spec))  # what the results table's `varied` holds
+        assert record["family"] == results_varied(config)  # what the results table's `varied` holds
         assert (record["method"], record["seed"]) == (spec.method, spec.seed)
         assert record["config"] == spec.config.to_dict()  # every field, resolved as the trial trains it
         assert set(record["config"]) == {f for f in Config.__dataclass_fields__}
@@ -137,8 +139,8 @@ def test_grid_jsonl(tmp_path, capsys):
     records = jsonl(out)
     assert len(records) == expected_grid(space)
     specs = prepare_trials(space, OVERRIDES, SweepOptions())
-    for record, spec in zip(records, specs):
-        assert record["family"] == results_varied(_spec_json(spec))
+    for record, config in zip(records, tune_configs(specs), strict=True):
+        assert record["family"] == results_varied(config)
         axes = [p.name for p in space.vary.values() if record["method"] in p.methods]
         if axes:
             assert record["family"] == "grid"
@@ -158,7 +160,7 @@ def test_search_one_line_per_method(tmp_path, capsys):
     records = jsonl(out)
     assert [r["method"] for r in records] == list(space.methods)
     for record in records:
-        assert record["family"] == "search" == results_varied(None, {"method": record["method"], "seed": 0})
+        assert record["family"] == "search" == results_varied({"method": record["method"], "seed": 0, "options": {}})
         searched = {n for n, d in space.distributions.items() if record["method"] in d.methods}
         assert set(record["value"]) == searched
         assert record["samples"] == space.num_samples and record["seed"] == space.seeds[0]

@@ -49,9 +49,10 @@ def test_progress_lines_count_finished_trials_and_report_status(monkeypatch, cap
 
     from study import sweep
 
-    def trial(name, status, top1=None):
-        spec = {"trial_name": name, "method": "ce", "params": {"lr": 0.1}}
-        return SimpleNamespace(config={"spec": spec}, trial_id=name, status=status,
+    def trial(name, status, top1=None):  # an enumerated trial as Tune holds it: its hyperparameters are keys
+        options = {"configs": {"ce": {"method": "ce", "lr": 0.5}}, "hyperparameters": {"ce": ["lr"]}}
+        config = {"trial": name, "varied": "lr", "method": "ce", "seed": 0, "lr": 0.1, "options": options}
+        return SimpleNamespace(config=config, trial_id=name, status=status,
                                last_result={"status": "completed", "stage": "final", "test_top1": top1})
 
     done, running, finishing = trial("a", "TERMINATED", 50.0), trial("b", "RUNNING"), trial("c", "RUNNING", 61.25)
@@ -61,7 +62,8 @@ def test_progress_lines_count_finished_trials_and_report_status(monkeypatch, cap
     callback.on_step_end(iteration=1, trials=[done, running, finishing])
     callback.on_trial_complete(iteration=2, trials=[done, running, finishing], trial=finishing)
     # A searched trial that the scheduler stops: named by its method, floats short, stopped_early.
-    searched = SimpleNamespace(config={"fixed": {"method": "supcon"}, "lr": 0.0654226749}, trial_id="e09e",
+    searched = SimpleNamespace(config={"method": "supcon", "seed": 0, "options": {}, "lr": 0.0654226749},
+                               trial_id="e09e",
                                status="RUNNING", last_result={"status": "running", "stage": "contrastive",
                                                               "val_top1": 12.5})
     callback.on_trial_complete(iteration=3, trials=[done, running, finishing, searched], trial=searched)
