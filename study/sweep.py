@@ -6,8 +6,11 @@
   `TuneReportCallback`; its Train run is named after the trial id, so a retried trial resumes it.
 - `search` designs are searched by Optuna (through Ray Tune's `OptunaSearch`), one Optuna study per method
   persisted in SQLite next to the results, optionally with ASHA early stopping.
+- Each trial's hyperparameters, method and seed are keys of its Tune config (the format `study.collection`
+  documents), so Tune's dataframe, TensorBoard's HParams view and trackers show them one by one.
 - When the sweep ends (or on `collect`), `results.parquet` (one row per trial) and `history.parquet` (one
-  row per trial and epoch) are written atomically into the study folder. Analysis reads only those.
+  row per trial and epoch) are written atomically into the study folder, read from Tune's JSON files only
+  (`study.collection`: never its pickles). Analysis reads only those tables. Only `--resume` unpickles.
 """
 
 from __future__ import annotations
