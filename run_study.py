@@ -88,19 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(sweep)
 
     collect = commands.add_parser("collect", help="write the results tables of a (partial) study")
-    collect.add_argument("--study", type=Path, required=True, help="the study folder")
+    collect.add_argument("--study", required=True, help="the study folder: a local path or an s3:// / gs:// URI")
 
     robustness = commands.add_parser("robustness", help="evaluate checkpoints on corrupted test data")
     source = robustness.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", nargs="+", type=Path, help="model.pt files (or run folders holding one)")
-    source.add_argument("--study", type=Path, help="a study folder: every completed trial's checkpoint")
+    source.add_argument("--checkpoint", nargs="+", help="model.pt files (or run folders holding one); paths or URIs")
+    source.add_argument("--study",
+                        help="a study folder (path or s3:// / gs:// URI): every completed trial's checkpoint")
     robustness.add_argument("--dataset", help="dataset whose test split is corrupted (default: the checkpoint's)")
     robustness.add_argument("--data-root", default=None, help="dataset root (default: the checkpoint's)")
-    robustness.add_argument("--corrupted", type=Path, default=None,
+    robustness.add_argument("--corrupted", default=None,
                             help="a released CIFAR-10-C/CIFAR-100-C or ImageNet-C folder (default: generate one)")
     robustness.add_argument("--corruptions", default=None,
                             help="comma-separated subset of corruptions (default: all 15 benchmark ones)")
-    robustness.add_argument("--output", type=Path, default=None,
+    robustness.add_argument("--output", default=None,
                             help="robustness table path (default: STUDY/robustness.parquet or ./robustness.parquet)")
     robustness.add_argument("--batch-size", type=int, default=256)
     robustness.add_argument("--seed", type=int, default=0, help="seed of generated corruptions")
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     robustness.add_argument("--address", default=None, help="an existing Ray cluster (default: a local runtime)")
 
     report = commands.add_parser("report", help="write report.html and report.md for a study")
-    report.add_argument("--study", type=Path, required=True, help="the study folder")
+    report.add_argument("--study", required=True, help="the study folder: a local path or an s3:// / gs:// URI")
     report.add_argument("--diverged", choices=("chance", "apart"), default="chance",
                         help="count diverged trials as chance accuracy, or show them apart")
     report.add_argument("--num-classes", type=int, default=None, help="classes, for chance accuracy")
@@ -287,21 +288,38 @@ def plan_lines(planned) -> list[str]:
     return lines
 
 
-def command_collect(args: argparse.Namespace) -> int:
-    from study.sweep import STUDY_FILE, collect
+def study_location(value: str, *, require_study_file: bool = True):
+    """The `--study` folder as a `study.storage.Location`, refused (ConfigError, exit 2) when its storage cannot
+    be opened or (with `require_study_file`) it holds no study.json."""
+    from study.storage import Location
+    from study.tables import STUDY_FILE
 
-    if not (args.study / STUDY_FILE).is_file():
-        raise ConfigError(f"--study {args.study}: not a study folder (no {STUDY_FILE})")
-    results, history = collect(args.study)
-    print(f"{args.study / 'results.parquet'}: {len(results)} trials, {len(history)} epoch rows")
+    try:
+        study = Location.of(value)
+        is_study = not require_study_file or (study / STUDY_FILE).is_file()
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"--study {value}: {str(error).splitlines()[0] if str(error) else error!r}") from None
+    if not is_study:
+        raise ConfigError(f"--study {value}: not a study folder (no {STUDY_FILE})")
+    return study
+
+
+def command_collect(args: argparse.Namespace) -> int:
+    from study.sweep import collect
+    from study.tables import RESULTS_FILE
+
+    study = study_location(args.study)
+    results, history = collect(study)
+    print(f"{study / RESULTS_FILE}: {len(results)} trials, {len(history)} epoch rows")
     return 0
 
 
 def command_robustness(args: argparse.Namespace) -> int:
-    from study.checkpoint import MODEL_FILE, safe_load
-    from study.launch import check_address, connect_ray
     from study.corrupted_sets import load_corrupted
-    from study.robustness import run_robustness, study_checkpoints
+    from study.launch import check_address, connect_ray
+    from study.robustness import check_checkpoints, run_robustness, study_checkpoints
+    from study.storage import Location, is_uri
+    from study.tables import ROBUSTNESS_FILE
 
     corruptions = _corruption_list(args.corruptions)
     profile = _corruption_profile(args.corruption_profile)
@@ -310,20 +328,27 @@ def command_robustness(args: argparse.Namespace) -> int:
                           f"--corrupted {args.corrupted} is used as it is")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}: expected an integer >= 1")
-    if args.corrupted is not None and not args.corrupted.is_dir():
+    if args.corrupted is not None and is_uri(args.corrupted):
+        raise ConfigError(f"--corrupted {args.corrupted}: corrupted sets are read from a local or shared "
+                          "filesystem (memory-mapped by every task); copy the folder there and pass its path")
+    if args.corrupted is not None and not Path(args.corrupted).is_dir():
         raise ConfigError(f"--corrupted {args.corrupted}: no such folder")
+    study = study_location(args.study, require_study_file=False) if args.study else None
     try:
-        checkpoints = study_checkpoints(args.study) if args.study else [str(path) for path in args.checkpoint]
+        checkpoints = study_checkpoints(study) if study is not None else list(args.checkpoint)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     if args.checkpoint:
-        missing = [str(path) for path in args.checkpoint if not path.exists()]
-        if missing:
-            raise ConfigError(f"--checkpoint {missing[0]}: no such file")
-    output = args.output or (args.study / "robustness.parquet" if args.study else Path("robustness.parquet"))
+        for value in args.checkpoint:
+            try:
+                found = Location.of(value).exists()
+            except (ValueError, OSError):
+                found = False
+            if not found:
+                raise ConfigError(f"--checkpoint {value}: no such file")
+    output = args.output or (study / ROBUSTNESS_FILE if study is not None else ROBUSTNESS_FILE)
     try:  # every input is read once before Ray starts, so a bad one fails here, in one line
-        for path in (checkpoints.values() if isinstance(checkpoints, dict) else checkpoints):
-            safe_load(Path(path) / MODEL_FILE if Path(path).is_dir() else path)
+        check_checkpoints(checkpoints)
         if args.corrupted is not None:
             load_corrupted(args.corrupted, corruptions)
     except ValueError as error:
@@ -364,14 +389,21 @@ def _corruption_profile(value: str | None) -> str | None:
 
 def command_report(args: argparse.Namespace) -> int:
     from analysis.report import build_report
-    from study.sweep import STUDY_FILE
 
-    if not (args.study / STUDY_FILE).is_file():
-        raise ConfigError(f"--study {args.study}: not a study folder (no {STUDY_FILE})")
-    html_path, markdown_path = build_report(args.study, diverged=args.diverged, num_classes=args.num_classes,
+    study = study_location(args.study)
+    html_path, markdown_path = build_report(study, diverged=args.diverged, num_classes=args.num_classes,
                                             baseline=args.baseline)
-    print(f"report: {html_path}\n        {markdown_path}")
+    _print_report(study, html_path, markdown_path)
     return 0
+
+
+def _print_report(study, html_path: Path, markdown_path: Path) -> None:
+    """Where the report is: beside the tables, and for a study on an object store the local copy to open."""
+    if study.is_local:
+        print(f"report: {html_path}\n        {markdown_path}")
+    else:
+        print(f"report: {study / html_path.name}\n        {study / markdown_path.name}\n"
+              f"local copy to open: {html_path}")
 
 
 def command_quickstart(args: argparse.Namespace) -> int:
@@ -379,6 +411,9 @@ def command_quickstart(args: argparse.Namespace) -> int:
     from analysis.report import build_report
     from study.robustness import run_robustness, study_checkpoints
     from study.spaces import load_space
+    from study.storage import Location
+    from study.tables import ROBUSTNESS_FILE
+    from study.launch import check_storage
     from study.sweep import STUDY_FILE, SweepOptions, run_sweep, study_directory
 
     overrides = {item.name: getattr(args, item.name) for item in fields(Config) if hasattr(args, item.name)}
@@ -386,6 +421,7 @@ def command_quickstart(args: argparse.Namespace) -> int:
     profile = _corruption_profile(args.corruption_profile)
     space = load_space(args.space)
     options = SweepOptions(storage=args.storage, address=args.address)
+    check_storage(args.storage)  # before Ray starts: a typo in a bucket name fails here, naming it
     _, study_dir = study_directory(space, overrides, options)
     resume = (study_dir / STUDY_FILE).is_file()  # a second run finishes (or just re-reports) the first
     print(f"== 1/3 sweep: space {space.name!r} ({space.description})", flush=True)
@@ -393,10 +429,11 @@ def command_quickstart(args: argparse.Namespace) -> int:
                                                               resume=resume))
     print("== 2/3 corruption robustness of every completed trial", flush=True)
     run_robustness(study_checkpoints(study_dir), corruptions=corruptions, profile=profile,
-                   output=study_dir / "robustness.parquet")
+                   output=study_dir / ROBUSTNESS_FILE)
     print("== 3/3 report", flush=True)
     html_path, markdown_path = build_report(study_dir)
-    print(f"\nreport: {html_path}\n        {markdown_path}")
+    print()
+    _print_report(Location.of(study_dir), html_path, markdown_path)
     return 0
 
 

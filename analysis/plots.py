@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 from analysis import paper  # noqa: E402
 from analysis.robustness import corruption_summary_by_model, severity_curves  # noqa: E402
 from analysis.stability import BASE, format_value, method_name, stability_trials  # noqa: E402
-from study.files import atomic_write  # noqa: E402
+from study.storage import atomic_write  # noqa: E402
 from study.tables import CORRUPTION_GROUPS  # noqa: E402
 
 __all__ = [
@@ -48,7 +48,7 @@ def method_order(methods: Sequence[str]) -> list[str]:
 
 
 def save_figure(fig: plt.Figure, out_dir: str | os.PathLike, name: str) -> list[Path]:
-    """Write `fig` as `<out_dir>/<name>.png` and `.svg`, each atomically (`study.files.atomic_write`), close it,
+    """Write `fig` as `<out_dir>/<name>.png` and `.svg`, each atomically (`study.storage.atomic_write`), close it,
     and return both paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,7 +58,7 @@ def save_figure(fig: plt.Figure, out_dir: str | os.PathLike, name: str) -> list[
             fig.savefig(file, format=suffix, dpi=FIGURE_DPI, bbox_inches="tight",
                         metadata={"Date": None} if suffix == "svg" else None)
 
-        paths.append(atomic_write(out / f"{name}.{suffix}", write))
+        paths.append(atomic_write(out / f"{name}.{suffix}", write).local_path)
     plt.close(fig)
     return paths
 

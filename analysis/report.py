@@ -5,7 +5,9 @@ history.parquet, robustness.parquet, optuna.db), computes the stability and robu
 draws every figure the data allows, and writes `report.html` (images embedded as base64 PNG, inline CSS,
 a Content-Security-Policy that forbids any external resource, so it opens offline) and `report.md` (images
 as files in `report_figures/` beside it). It works on a study that is still running or partly failed:
-it reports what exists and says what is missing. Both files are written atomically (`study.files`).
+it reports what exists and says what is missing. Both files are written atomically (`study.storage`).
+A study on an object store (`s3://...`) is read from there; its report is rendered into a local folder,
+then uploaded beside its tables.
 
 This module is the builder: it reads the study folder, computes the numbers, draws the figures and lays them
 out as an `analysis.document.Document`, which renders them to HTML and Markdown.
@@ -13,9 +15,11 @@ out as an `analysis.document.Document`, which renders them to HTML and Markdown.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +35,7 @@ from analysis.stability import (
     BASE, DIVERGED_POLICIES, GRID, SEARCH, best_top1, chance_top1, format_value, hyperparameter_columns,
     hyperparameter_importance, method_name, spread_difference, stability_table, stability_trials, status_counts,
 )
-from study.files import atomic_write
+from study.storage import Location, atomic_write, is_uri, read_table
 
 SECTIONS = (
     "What was run",
@@ -59,18 +63,24 @@ ACCURACY_PLOTS = (  # (hyperparameter, plot function, words for a reading)
 class StudyFiles:
     """What a study folder holds; None for a table that is absent or unreadable, with a note saying why."""
 
-    directory: Path
+    directory: Location  # a local folder or an object-store prefix (`study.storage.Location`)
     info: dict[str, Any] | None = None
     results: pd.DataFrame | None = None
     history: pd.DataFrame | None = None
     robustness: pd.DataFrame | None = None
-    optuna_storage: Path | None = None
+    optuna_storage: Path | str | None = None  # a local SQLite file (a downloaded copy for a remote study) or a URL
     notes: list[str] = field(default_factory=list)
 
 
-def _read_table(directory: Path, stem: str, notes: list[str], required: bool) -> pd.DataFrame | None:
+def _read_csv(location: Location) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(location.read_bytes()))
+
+
+def _read_table(directory: Location, stem: str, notes: list[str], required: bool) -> pd.DataFrame | None:
     """`<stem>.parquet`, else `<stem>.csv`; a note when neither can be read."""
-    for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
+    readers: tuple[tuple[str, Callable[[Location], pd.DataFrame]], ...] = ((".parquet", read_table),
+                                                                           (".csv", _read_csv))
+    for suffix, reader in readers:
         path = directory / f"{stem}{suffix}"
         if path.is_file():
             try:
@@ -91,9 +101,9 @@ def load_study(study_dir: str | os.PathLike) -> StudyFiles:
         >>> files = load_study("runs/quick-digits")
         >>> files.results.groupby("method")["test_top1"].mean()  # None for an absent table; files.notes says why
     """
-    directory = Path(study_dir)
+    directory = Location.of(study_dir)
     if not directory.is_dir():
-        raise ValueError(f"study folder {str(directory)!r} does not exist; pass the folder the sweep wrote")
+        raise ValueError(f"study folder {str(study_dir)!r} does not exist; pass the folder the sweep wrote")
     files = StudyFiles(directory=directory)
     info_path = directory / "study.json"
     if info_path.is_file():
@@ -110,10 +120,29 @@ def load_study(study_dir: str | os.PathLike) -> StudyFiles:
     if files.robustness is None:
         files.notes.append("no robustness.parquet: corruption robustness was not evaluated "
                            "(run `python run_study.py robustness --study DIR`)")
-    for candidate in sorted(directory.glob("*.db")):
-        files.optuna_storage = candidate
-        break
+    files.optuna_storage = _optuna_storage(directory, files.info or {}, files.notes)
     return files
+
+
+def _optuna_storage(directory: Location, info: dict[str, Any], notes: list[str]) -> Path | str | None:
+    """Where the study's Optuna studies are, as study.json says: an RDB URL (--optuna-storage), or a SQLite
+    file in the study folder (downloaded to a local temporary folder when the study is on an object store)."""
+    recorded = info.get("optuna_storage")
+    if isinstance(recorded, str) and is_uri(recorded) and not recorded.startswith("sqlite"):
+        if "***" in recorded:
+            notes.append(f"the Optuna storage {recorded} is recorded without its password; importance is computed "
+                         "from the results table")
+            return None
+        return recorded
+    for candidate in directory.list("*.db"):
+        if candidate.is_local:
+            return candidate.local_path
+        return candidate.download(Path(tempfile.mkdtemp(prefix="supcon-report-optuna-")) / candidate.name)
+    return None
+
+
+def _storage_name(storage: Path | str) -> str:
+    return storage.name if isinstance(storage, Path) else storage
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -201,7 +230,9 @@ def build_report(
     if diverged not in DIVERGED_POLICIES:
         raise ValueError(f"diverged={diverged!r} is not a policy; allowed: {' | '.join(DIVERGED_POLICIES)}")
     files = load_study(study_dir)
-    out = Path(out_dir) if out_dir is not None else files.directory
+    target = Location.of(out_dir) if out_dir is not None else files.directory
+    # Figures are drawn to files: a study on an object store is rendered locally, then uploaded beside its tables.
+    out = target.local_path if target.is_local else Path(tempfile.mkdtemp(prefix="supcon-report-"))
     out.mkdir(parents=True, exist_ok=True)
     figure_dir = out / FIGURE_DIR
     builder = _ReportBuilder(files, figure_dir, diverged=diverged, num_classes=num_classes, baseline=baseline,
@@ -219,7 +250,24 @@ def build_report(
     for stale in figure_dir.glob("*"):
         if stale.is_file() and stale.name not in drawn:
             stale.unlink()
+    if not target.is_local:
+        _upload_report(out, target, drawn)
+        print(f"report written to {target / html_path.name}; local copy to open: {html_path}", flush=True)
     return html_path, md_path
+
+
+def _upload_report(local: Path, target: Location, drawn: set[str]) -> None:
+    """The locally rendered report (html, md, figures) beside the tables of a study on an object store; figures
+    of an earlier report that this one no longer draws are removed there too."""
+    remote_figures = target / FIGURE_DIR
+    for figure in sorted((local / FIGURE_DIR).glob("*")):
+        if figure.is_file():
+            (remote_figures / figure.name).upload(figure)
+    for stale in remote_figures.list():
+        if stale.name not in drawn:
+            stale.delete()
+    for name in ("report.md", "report.html"):  # the html last: its presence says the report is complete
+        (target / name).upload(local / name)
 
 
 class _ReportBuilder:
@@ -536,9 +584,9 @@ class _ReportBuilder:
         if self.files.optuna_storage is not None:
             try:
                 importance = hyperparameter_importance(self.files.optuna_storage, results=self.results)
-                source = f"Optuna's evaluator on the persisted studies in {self.files.optuna_storage.name}"
+                source = f"Optuna's evaluator on the persisted studies in {_storage_name(self.files.optuna_storage)}"
             except Exception as error:  # an external database (SQLAlchemy, Optuna): note it, fall back
-                self.notes.append(f"Optuna storage {self.files.optuna_storage.name} could not be used "
+                self.notes.append(f"Optuna storage {_storage_name(self.files.optuna_storage)} could not be used "
                                   f"({type(error).__name__}: {error}); importance computed from the results table")
         if (importance is None or not len(importance)) and self.results is not None and len(self.results):
             importance = self._try("importance", lambda: hyperparameter_importance(

@@ -113,7 +113,7 @@ def run_study(path: Path, storage: Path, name: str, *, fresh_processes: bool = F
             wall = time.time() - called
     finally:
         sweep_module._reuse_actors = original
-    return SweepRun(wall, pd.read_parquet(study / "results.parquet"), trial_spans(study, called))
+    return SweepRun(wall, pd.read_parquet(study / "results.parquet"), trial_spans(study.local_path, called))
 
 
 def trial_spans(study: Path, called: float) -> list[tuple[float, float]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from study.files import atomic_write
+from study.storage import atomic_write
 from study.tables import MODEL_FILE
 
 STATE_FILE = "state.pt"  # everything needed to resume training
@@ -27,7 +27,7 @@ class CheckpointError(ValueError):
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """`torch.save` to `path` atomically."""
-    return atomic_write(path, lambda file: torch.save(obj, file))
+    return atomic_write(path, lambda file: torch.save(obj, file)).local_path
 
 
 def safe_load(path: str | os.PathLike) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from study.corruptions import CIFAR_SOURCE
-from study.files import TEMPORARY_SUFFIX, atomic_write, fsync_folder
+from study.storage import TEMPORARY_SUFFIX, atomic_write, fsync_folder
 from study.tables import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, HELD_OUT_CORRUPTIONS, SEVERITIES
 
 __all__ = [

@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -21,7 +22,7 @@ from torch import nn
 
 from study.checkpoint import MODEL_FILE
 from study.config import Config, ConfigError
-from study.files import write_json
+from study.storage import Location, write_json
 from study.train import RunContext, format_progress, train
 
 DEFAULT_STORAGE = "./runs"
@@ -46,11 +47,18 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> Non
 
 
 def check_storage(storage: str, *, probe: bool = True) -> None:
-    """Refuse a storage path that is a file or cannot be written (read-only, no permission, disk full), before
-    any compute starts. Leaves no trace: the probe file is written in a temporary folder inside the nearest
-    existing folder on the path (where the run would create its own) and removed, so a command that fails a
-    later check has written nothing. `probe=False` (a dry run) asks the permissions instead of writing."""
+    """Refuse a storage location that cannot hold a study, before any compute starts.
+
+    A local path: refused when it is a file or cannot be written (read-only, no permission, disk full). Leaves
+    no trace: the probe file is written in a temporary folder inside the nearest existing folder on the path
+    (where the run would create its own) and removed, so a command that fails a later check has written
+    nothing. `probe=False` (a dry run) asks the permissions instead of writing.
+
+    A URI (`s3://bucket/prefix?endpoint_override=...`): refused when pyarrow cannot open it, its bucket does
+    not exist or cannot be reached, or (with `probe`) a probe object cannot be written and deleted there.
+    `probe=False` only checks that the bucket exists. Every refusal is a ConfigError naming the URI."""
     if "://" in storage:
+        _check_object_storage(storage, probe=probe)
         return
     path = Path(storage).expanduser().absolute()
     if path.exists() and not path.is_dir():
@@ -69,6 +77,37 @@ def check_storage(storage: str, *, probe: bool = True) -> None:
             Path(probe_dir, "probe").write_bytes(b"ok")
     except OSError as error:
         raise ConfigError(f"--storage {storage!r} is not writable ({error.strerror or error})") from None
+
+
+def _check_object_storage(storage: str, *, probe: bool) -> None:
+    from pyarrow.fs import FileType
+
+    try:
+        location = Location.of(storage)
+    except ValueError as error:
+        raise ConfigError(f"--storage {storage!r}: {error}") from None
+    if location.is_local:  # file://
+        check_storage(location.path, probe=probe)
+        return
+    try:
+        found = location.filesystem.get_file_info(location.bucket).type
+    except OSError as error:
+        raise ConfigError(f"--storage {storage!r}: the object store does not answer ({_first_line(error)})") from None
+    if found != FileType.Directory:
+        raise ConfigError(f"--storage {storage!r}: bucket {location.bucket!r} does not exist; create it first "
+                          "(or fix the bucket name)")
+    if not probe:
+        return
+    marker = location / f".write-probe-{uuid.uuid4().hex}"
+    try:
+        write_json(marker, {"probe": True})
+        marker.filesystem.delete_file(marker.path)
+    except OSError as error:
+        raise ConfigError(f"--storage {storage!r} is not writable ({_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
 def check_dataset(config: Config) -> None:
@@ -255,8 +294,8 @@ def build_trainer(config: Config, *, storage: str, name: str, max_failures: int 
 
 
 def storage_uri(storage: str) -> str:
-    """Ray wants absolute local paths; URIs (s3://, gs://, ...) pass through."""
-    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    """What Ray's `storage_path` takes: an absolute local path, or the URI (s3://, gs://, ...) with its query."""
+    return Location.of(storage).uri
 
 
 def dataset_slug(dataset: str) -> str:
@@ -309,8 +348,8 @@ def run_training(config: Config, *, storage: str = DEFAULT_STORAGE, name: str | 
     metrics.update(name=name, run_path=result.path, config=config.to_dict())
     if result.checkpoint is not None:
         metrics["checkpoint"] = f"{result.checkpoint.path}/{MODEL_FILE}"
-    if "://" not in storage:
-        write_json(Path(result.path) / "metrics.json", metrics)
+    # Beside the run's checkpoints, on the same storage (Ray's `result.path` is a path on that filesystem).
+    write_json(Location.of(storage) / name / "metrics.json", metrics)
     return metrics
 
 

@@ -36,7 +36,7 @@ from study.corrupted_sets import (CLEAN_FILE, ImageFileArray, Images, NpyWriter,
                                   remove_stale_temporaries, requested_corruptions)
 from study.corruptions import check_images, check_profile, corrupt, default_profile
 from study.evaluate import evaluate_model
-from study.files import write_table
+from study.storage import Location, Where, is_uri, local_copy, read_table, write_table
 from study.tables import (ALL_CORRUPTIONS, CLEAN, MODEL_FILE, RESULTS_FILE, ROBUSTNESS_COLUMNS, ROBUSTNESS_FILE,
                           SEVERITIES)
 
@@ -45,6 +45,7 @@ __all__ = [
     "corrupted_set_for_dataset",
     "evaluate_checkpoints",
     "study_checkpoints",
+    "check_checkpoints",
     "run_robustness",
     "write_robustness_table",
 ]
@@ -195,13 +196,13 @@ def corrupted_set_for_dataset(
 
 # ------------------------------------------------------------------------------------------------ checkpoints
 def evaluate_checkpoints(
-    checkpoints: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike],
+    checkpoints: Sequence[Where] | Mapping[str, Where],
     *,
     corrupted: str | os.PathLike,
     corruptions: Sequence[str] | None = None,
     clean: tuple[Images, np.ndarray] | str | os.PathLike | bool | None = None,
     batch_size: int = 256,
-    output: str | os.PathLike | None = None,
+    output: Where | None = None,
     use_gpu: bool | None = None,
     cpus_per_task: int = 1,
     class_names: Sequence[str] | None = None,
@@ -226,7 +227,7 @@ def evaluate_checkpoints(
         A DataFrame with `ROBUSTNESS_COLUMNS`: model, method, corruption ("clean" for clean data),
         severity (0 for clean), error and ece (fractions), n, and profile (`corrupted_set_profile`).
     """
-    named = {model_id: path.resolve() for model_id, path in _named_checkpoints(checkpoints).items()}
+    named = _named_checkpoints(checkpoints)
     corrupted = Path(corrupted).resolve()  # tasks may run in another working directory
     load_corrupted(corrupted, corruptions, class_names=class_names)  # fail here, not in every task
     _ensure_ray()
@@ -235,8 +236,9 @@ def evaluate_checkpoints(
     clean_refs = _clean_references(clean, corrupted, named)
     task = _evaluate_checkpoint.options(num_cpus=cpus_per_task, num_gpus=1 if use_gpu else 0)
     refs = {
-        task.remote(model_id, str(path), str(corrupted), corruptions, clean_refs[model_id], batch_size, class_names): model_id
-        for model_id, path in named.items()
+        task.remote(model_id, location.uri, str(corrupted), corruptions, clean_refs[model_id], batch_size,
+                    class_names): model_id
+        for model_id, location in named.items()
     }
     rows: dict[str, list[dict]] = {}
     bar = _Progress(len(refs), f"evaluating {len(refs)} checkpoint(s)", progress)
@@ -270,7 +272,7 @@ def evaluate_checkpoints(
 @ray.remote
 def _evaluate_checkpoint(
     model_id: str,
-    checkpoint: str,
+    checkpoint: str,  # a local path or an object-store URI (downloaded here: the task may run on any node)
     corrupted: str,
     corruptions: Sequence[str] | None,
     clean: tuple[Images, np.ndarray] | None,  # resolved from the object store by Ray
@@ -279,7 +281,8 @@ def _evaluate_checkpoint(
 ) -> list[dict]:
     from study.checkpoint import load_classifier
 
-    model, metadata = load_classifier(checkpoint)
+    with local_copy(checkpoint) as path:
+        model, metadata = load_classifier(path)
     device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
     image_size = int(metadata["image_size"])
     method = metadata.get("config", {}).get("method", "")
@@ -294,7 +297,7 @@ def _evaluate_checkpoint(
     return [{"model": model_id, "method": method, **row} for row in rows]
 
 
-def _clean_references(clean: Any, corrupted: Path, named: Mapping[str, Path]) -> dict[str, Any]:
+def _clean_references(clean: Any, corrupted: Path, named: Mapping[str, Location]) -> dict[str, Any]:
     """Per checkpoint, the object-store reference of its clean (images, labels), or None for no clean rows."""
     if clean is False:
         return {model_id: None for model_id in named}
@@ -304,8 +307,9 @@ def _clean_references(clean: Any, corrupted: Path, named: Mapping[str, Path]) ->
 
         by_split: dict[tuple[str, str, int], Any] = {}
         refs = {}
-        for model_id, path in named.items():
-            payload = safe_load(path / MODEL_FILE if path.is_dir() else path)
+        for model_id, location in named.items():
+            with local_copy(location) as path:
+                payload = safe_load(path)
             config = payload.get("config", {})
             key = (config.get("dataset", "digits"), config.get("data_root", "./data"), int(payload["image_size"]))
             if key not in by_split:
@@ -321,54 +325,88 @@ def _clean_references(clean: Any, corrupted: Path, named: Mapping[str, Path]) ->
     return {model_id: ref for model_id in named}
 
 
-def _named_checkpoints(checkpoints: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike]) -> dict[str, Path]:
+def _named_checkpoints(checkpoints: Sequence[Where] | Mapping[str, Where]) -> dict[str, Location]:
+    """{model id: Location of its model.pt}; a run folder stands for the model.pt in it. Local paths are made
+    absolute (tasks may run in another working directory); URIs (s3://...) are kept and downloaded by the task."""
     if isinstance(checkpoints, Mapping):
-        named = {str(key): Path(value) for key, value in checkpoints.items()}
+        named = {str(key): Location.of(value) for key, value in checkpoints.items()}
     else:
         named = {}
         for value in checkpoints:
-            path = Path(value)
-            model_id = (path if path.is_dir() else path.parent).name or str(path)
+            location = Location.of(value)
+            model_id = (location if location.is_dir() else location.parent).name or str(value)
             if model_id in named:
-                raise ValueError(f"two checkpoints are named {model_id!r} ({named[model_id]}, {path}); pass a mapping of names")
-            named[model_id] = path
+                raise ValueError(f"two checkpoints are named {model_id!r} ({named[model_id]}, {location}); "
+                                 "pass a mapping of names")
+            named[model_id] = location
     if not named:
         raise ValueError("no checkpoints to evaluate")
-    for model_id, path in named.items():
-        file = path / MODEL_FILE if path.is_dir() else path
+    files = {}
+    for model_id, location in named.items():
+        file = location / MODEL_FILE if location.is_dir() else location
         if not file.is_file():
             raise ValueError(f"checkpoint {file} (model {model_id!r}) does not exist")
-    return named
+        files[model_id] = file
+    return files
 
 
-def study_checkpoints(study_dir: str | os.PathLike) -> dict[str, Path]:
-    """{trial_id: model.pt} of a study's completed trials that exported a classifier (results.parquet)."""
-    study_dir = Path(study_dir)
-    results_path = study_dir / RESULTS_FILE
+def check_checkpoints(checkpoints: Sequence[Where] | Mapping[str, Where]) -> None:
+    """Read every checkpoint once (downloading those on object storage), so that a missing, truncated or
+    foreign one fails before Ray starts: ValueError (`CheckpointError`) naming it."""
+    from study.checkpoint import CheckpointError, safe_load
+
+    values = checkpoints.values() if isinstance(checkpoints, Mapping) else checkpoints
+    for value in values:
+        if not is_uri(value):  # as the user wrote it, so that an error names it so
+            path = Path(value)
+            safe_load(path / MODEL_FILE if path.is_dir() else path)
+            continue
+        location = Location.of(value)
+        file = location / MODEL_FILE if location.is_dir() else location
+        with local_copy(file) as path:
+            try:
+                safe_load(path)
+            except CheckpointError as error:
+                raise CheckpointError(str(error).replace(str(path), file.uri)) from None
+
+
+def study_checkpoints(study_dir: Where) -> dict[str, Path | str]:
+    """{trial_id: model.pt} of a study's completed trials that exported a classifier (results.parquet).
+
+    `study_dir`: a local folder (values are Paths) or an object-store URI (values are URIs on the same store:
+    Tune records a remote checkpoint as a path on the store's filesystem, `bucket/...`)."""
+    study = Location.of(study_dir)
+    results_path = study / RESULTS_FILE
     if not results_path.is_file():
         raise ValueError(f"{results_path} is missing; --study needs a sweep's output folder")
-    results = pd.read_parquet(results_path, columns=["trial_id", "status", "checkpoint"])
-    found = {}
+    results = read_table(results_path, columns=["trial_id", "status", "checkpoint"])
+    found: dict[str, Path | str] = {}
     for trial_id, status, checkpoint in results.itertuples(index=False):
         if status != "completed" or not isinstance(checkpoint, str) or not checkpoint:
             continue
-        path = Path(checkpoint)
-        if not path.is_absolute() and not path.exists():
-            path = study_dir / path
-        found[str(trial_id)] = path
+        if is_uri(checkpoint):
+            found[str(trial_id)] = checkpoint
+        elif study.is_local:
+            path = Path(checkpoint)
+            if not path.is_absolute() and not path.exists():
+                path = study.local_path / path
+            found[str(trial_id)] = path
+        else:
+            on_store = Location(study.filesystem, checkpoint.strip("/"), study.scheme, study.query)
+            found[str(trial_id)] = (on_store if on_store.is_file() else study / checkpoint).uri
     if not found:
         raise ValueError(f"{results_path} lists no completed trial with a checkpoint")
     return found
 
 
 def run_robustness(
-    checkpoints: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike],
+    checkpoints: Sequence[Where] | Mapping[str, Where],
     *,
     corrupted: str | os.PathLike | None = None,
     dataset: str | None = None,
     data_root: str | os.PathLike | None = None,
     corruptions: Sequence[str] | None = None,
-    output: str | os.PathLike | None = None,
+    output: Where | None = None,
     seed: int = 0,
     profile: str | None = None,
     batch_size: int = 256,
@@ -394,8 +432,8 @@ def run_robustness(
     if corrupted is None:
         from study.checkpoint import safe_load
 
-        first = next(iter(named.values()))
-        payload = safe_load(first / MODEL_FILE if first.is_dir() else first)
+        with local_copy(next(iter(named.values()))) as first:
+            payload = safe_load(first)
         config = payload.get("config", {})
         corrupted = corrupted_set_for_dataset(
             dataset or config.get("dataset", "digits"),
@@ -412,11 +450,11 @@ def run_robustness(
 
 
 # ------------------------------------------------------------------------------------------------ plumbing
-def write_robustness_table(table: pd.DataFrame, output: str | os.PathLike) -> Path:
-    """Write a robustness table atomically as Parquet plus a CSV beside it; returns the Parquet path."""
-    output = Path(output)
-    parquet = output if output.suffix == ".parquet" else output / ROBUSTNESS_FILE
-    parquet.parent.mkdir(parents=True, exist_ok=True)
+def write_robustness_table(table: pd.DataFrame, output: Where) -> Location:
+    """Write a robustness table atomically as Parquet plus a CSV beside it (a local path or an object-store
+    URI: a `.parquet` file, or a folder that gets robustness.parquet); returns the Parquet Location."""
+    location = Location.of(output)
+    parquet = location if location.name.endswith(".parquet") else location / ROBUSTNESS_FILE
     return write_table(table, parquet)
 
 

@@ -15,10 +15,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import platform
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,10 +33,10 @@ import torch
 from study.collection import (CONFIGS_OPTION, HYPERPARAMETERS_OPTION, OPTIONS_KEY, TRIAL_KEY, VARIED_KEY,
                               TrialDescription, collect_trials, describe_trial, trial_status)
 from study.config import Config, ConfigError
-from study.files import write_json, write_table
 from study.launch import (RayContext, build_trainer, check_address, check_dataset, check_run_name, check_storage,
-                          connect_ray, dataset_slug, quiet_ray_train_info, storage_uri)
+                          connect_ray, dataset_slug, quiet_ray_train_info)
 from study.spaces import StudySpace, TrialSpec, load_space, parse_space
+from study.storage import Location, read_json, write_json, write_table
 from study.tables import HISTORY_FILE, RESULTS_FILE, SEARCH, STUDY_FILE
 from study.train import train
 
@@ -163,7 +165,7 @@ def _expand(space: StudySpace, overrides: dict[str, Any], options: SweepOptions)
     return trials, trials[0].config
 
 
-def _check_study_folder(study_dir: Path, options: SweepOptions) -> None:
+def _check_study_folder(study_dir: Location, options: SweepOptions) -> None:
     if options.resume and not (study_dir / STUDY_FILE).is_file():
         raise ConfigError(f"--resume: {study_dir} is not a study folder (no {STUDY_FILE}); run without --resume")
     if not options.resume and (study_dir / STUDY_FILE).is_file():
@@ -182,10 +184,15 @@ def _check_datasets(trials: list[TrialSpec], base: Config) -> None:
         check_dataset(config)
 
 
-def study_directory(space: StudySpace, overrides: dict[str, Any], options: SweepOptions) -> tuple[str, Path]:
+def study_directory(space: StudySpace, overrides: dict[str, Any], options: SweepOptions) -> tuple[str, Location]:
+    """The study's name and its folder under `options.storage` (a local folder or an object-store prefix)."""
     dataset = space.base_config(space.methods[0], overrides=overrides).dataset
     name = check_run_name(options.name or f"{space.name}-{dataset_slug(dataset)}")
-    return name, Path(storage_uri(options.storage)) / name
+    try:
+        storage = Location.of(options.storage)
+    except ValueError as error:
+        raise ConfigError(f"--storage {options.storage!r}: {error}") from None
+    return name, storage / name
 
 
 # ----------------------------------------------------------------------------------------- planning
@@ -222,7 +229,7 @@ class SweepPlan:
     overrides: dict[str, Any]
     options: SweepOptions
     study_name: str
-    study_dir: Path
+    study_dir: Location
     trials: tuple[PlannedTrial, ...]
     num_trials: int  # trials the sweep runs (a search line stands for several)
     per_trial: dict[str, float]
@@ -343,8 +350,9 @@ def resolve_space(space: SpaceArgument) -> StudySpace:
 
 
 def run_sweep(space: SpaceArgument, overrides: dict[str, Any] | None = None,
-              options: SweepOptions = SweepOptions()) -> Path:
-    """Run (or resume) a study and write its tables. Returns the study folder.
+              options: SweepOptions = SweepOptions()) -> Location:
+    """Run (or resume) a study and write its tables. Returns the study folder (a `study.storage.Location`:
+    a local folder, or a prefix on the object store `options.storage` names).
 
     `space`: a shipped space's name ("quick", "paper_stability", ...), a path to a space YAML file (a str
     or a `Path`), or a `StudySpace` (from `load_space`, possibly changed with `dataclasses.replace`; see
@@ -356,7 +364,7 @@ def run_sweep(space: SpaceArgument, overrides: dict[str, Any] | None = None,
         >>> from study.sweep import SweepOptions, run_sweep
         >>> study_dir = run_sweep("quick", {"epochs": 1, "linear_epochs": 1},
         ...                       SweepOptions(storage="./runs", name="quick-smoke"))
-        >>> sorted(p.name for p in study_dir.glob("*.parquet"))
+        >>> sorted(p.name for p in study_dir.list("*.parquet"))
         ['history.parquet', 'results.parquet']
     """
     import ray
@@ -382,14 +390,15 @@ def run_sweep(space: SpaceArgument, overrides: dict[str, Any] | None = None,
     per_trial = trial_resources(options, loader_workers)
     concurrency = checked_concurrency(ray.cluster_resources(), per_trial, options.max_concurrent)
     started = time.time()
-    study_info = _read_json(study_dir / STUDY_FILE) if options.resume else {
+    study_info = read_json(study_dir / STUDY_FILE) if options.resume else {
         "space": space.name, "space_file": str(space.path.resolve()), "design": space.design, "dataset": base.dataset,
         "model": base.model, "width": base.width, "image_size": base.image_size, "epochs": base.epochs,
         "linear_epochs": base.linear_epochs, "num_trials": len(trials) or space.num_samples * len(space.methods),
         "seeds": list(space.seeds), "metric": space.metric,
-        "overrides": overrides, "options": options.__dict__, "started": _now(), "hardware": _hardware(),
+        "overrides": overrides, "options": _recorded_options(options), "started": _now(), "hardware": _hardware(),
+        "optuna_storage": _recorded_optuna_storage(options) if space.design == SEARCH else None,
     }
-    study_dir.mkdir(parents=True, exist_ok=True)
+    study_dir.mkdir()
     write_json(study_dir / STUDY_FILE, study_info)
     print(f"study {name}: design {space.design}, {len(trials) or space.num_samples} trials per sweep, "
           f"{concurrency} at a time ({per_trial} each); folder {study_dir}", flush=True)
@@ -399,7 +408,7 @@ def run_sweep(space: SpaceArgument, overrides: dict[str, Any] | None = None,
     held = per_trial if options.workers_per_trial == 1 else {"CPU": 1}
     resources = {key: value for key, value in held.items() if value}
     trial_options = {"workers_per_trial": options.workers_per_trial, "max_failures": options.max_failures,
-                     "train_storage": str(study_dir / "train_runs")}
+                     "train_storage": (study_dir / "train_runs").uri}
     try:
         if space.design == "search":
             for method in space.methods:
@@ -420,7 +429,7 @@ def run_sweep(space: SpaceArgument, overrides: dict[str, Any] | None = None,
     return study_dir
 
 
-def _run_grid(trials: list[TrialSpec], options: SweepOptions, study_dir: Path, resources: dict[str, float],
+def _run_grid(trials: list[TrialSpec], options: SweepOptions, study_dir: Location, resources: dict[str, float],
               trial_options: dict[str, Any], concurrency: int) -> None:
     """Enumerated designs (grid, one-at-a-time): one Tune trial per expanded trial spec, handed to Tune one by
     one by `_trial_list_searcher` so that each trial's hyperparameters are keys of its own Tune config."""
@@ -428,10 +437,10 @@ def _run_grid(trials: list[TrialSpec], options: SweepOptions, study_dir: Path, r
 
     trainable = tune.with_resources(_restoring_latest_available(run_trial), resources)
     experiment = study_dir / "tune"
-    if options.resume and tune.Tuner.can_restore(str(experiment)):
+    if options.resume and tune.Tuner.can_restore(experiment.uri):
         # Tune restores the trial configs it recorded, in the format of the code that made the study: a study
         # made before hyperparameters became Tune keys resumes with its `spec` strings (describe_trial reads both).
-        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(experiment.uri, trainable=trainable, resume_errored=True)
     else:
         shared, configs = trial_configs(trials, trial_options)
         tuner = tune.Tuner(
@@ -575,11 +584,11 @@ def _reuse_actors(options: SweepOptions) -> bool:
     return options.workers_per_trial == 1
 
 
-def _tune_run_config(experiment: Path, options: SweepOptions, total: int):
+def _tune_run_config(experiment: Location, options: SweepOptions, total: int):
     from ray import tune
 
     return tune.RunConfig(
-        name=experiment.name, storage_path=str(experiment.parent),
+        name=experiment.name, storage_path=experiment.parent.uri,
         failure_config=tune.FailureConfig(max_failures=options.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         callbacks=[_trial_line_callback(total)], verbose=options.verbose,
@@ -603,8 +612,12 @@ def _trial_dirname(trial) -> str:
 
 
 def _run_search(space: StudySpace, method: str, overrides: dict[str, Any], options: SweepOptions,
-                study_dir: Path, resources: dict[str, float], trial_options: dict[str, Any], concurrency: int) -> None:
-    """One Optuna study per method, persisted in SQLite (or --optuna-storage) for importance analyses."""
+                study_dir: Location, resources: dict[str, float], trial_options: dict[str, Any],
+                concurrency: int) -> None:
+    """One Optuna study per method, persisted in SQLite (or --optuna-storage) for importance analyses.
+
+    SQLite cannot live on an object store: for a study there, the database stays on local disk
+    (`optuna_sqlite_path`) and a copy is uploaded as `optuna.db` into the study folder when the search ends."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -613,11 +626,12 @@ def _run_search(space: StudySpace, method: str, overrides: dict[str, Any], optio
 
     trainable = tune.with_resources(_restoring_latest_available(_searched_trial), resources)
     experiment = study_dir / f"tune-{method}"
-    if options.resume and tune.Tuner.can_restore(str(experiment)):
-        results = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True).fit()
+    if options.resume and tune.Tuner.can_restore(experiment.uri):
+        results = tune.Tuner.restore(experiment.uri, trainable=trainable, resume_errored=True).fit()
+        _upload_optuna_copy(study_dir, options)
         _raise_if_interrupted(results, expected=space.num_samples)
         return
-    storage_url = options.optuna_storage or f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
+    storage_url = options.optuna_storage or f"sqlite:///{_local_optuna_file(study_dir)}"
     searcher = OptunaSearch(  # the space's first seed seeds the sampler too: the same space samples the same
         space=space.search_space(method), metric=space.metric, mode=space.mode,
         sampler=space.make_sampler(seed=space.seeds[0]),
@@ -645,7 +659,9 @@ def _run_search(space: StudySpace, method: str, overrides: dict[str, Any], optio
                                     reuse_actors=_reuse_actors(options)),
         run_config=_tune_run_config(experiment, options, total=space.num_samples),
     )
-    _raise_if_interrupted(tuner.fit(), expected=space.num_samples)
+    results = tuner.fit()
+    _upload_optuna_copy(study_dir, options)
+    _raise_if_interrupted(results, expected=space.num_samples)
 
 
 def _searched_trial(tune_config: dict[str, Any]) -> None:
@@ -706,24 +722,75 @@ def _trial_line(trial, failed: bool = False) -> str:
 
 
 # ----------------------------------------------------------------------------------------- collection
-def collect(study_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+def collect(study_dir: str | os.PathLike | Location) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read every trial of a (possibly partial) study and write results.parquet/.csv and history.parquet.
 
-    Reads only JSON (Tune's experiment state and each trial's result.json; `study.collection`), never Tune's
+    `study_dir`: a local folder or an object-store URI (`study.storage.Location`); the tables go beside. Reads
+    only JSON (Tune's experiment state and each trial's result.json; `study.collection`), never Tune's
     pickles: collecting a study folder someone else wrote runs none of its code."""
-    from pyarrow.fs import LocalFileSystem
-
-    study_dir = Path(study_dir).resolve()
-    info = _read_json(study_dir / STUDY_FILE)
-    results, history = collect_trials(LocalFileSystem(), study_dir.as_posix(), info["space"])
+    study_dir = Location.of(study_dir)
+    info = read_json(study_dir / STUDY_FILE)
+    results, history = collect_trials(study_dir.filesystem, study_dir.path, info["space"])
     write_table(results, study_dir / RESULTS_FILE)
     write_table(history, study_dir / HISTORY_FILE, csv=False)
     return results, history
 
 
 # ----------------------------------------------------------------------------------------- files
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+OPTUNA_FILE = "optuna.db"  # the SQLite file of a search design's Optuna studies, in the study folder
+
+
+def optuna_sqlite_path(study_dir: Location) -> Path:
+    """Where a search design's SQLite file lives while it runs: in a local study folder itself; for a study
+    on an object store (where SQLite cannot live), under $TMPDIR, keyed by the study's URI."""
+    if study_dir.is_local:
+        return study_dir.local_path / OPTUNA_FILE
+    key = hashlib.sha256(study_dir.uri.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "supcon-study-optuna" / key / OPTUNA_FILE
+
+
+def _local_optuna_file(study_dir: Location) -> Path:
+    """The local SQLite file of a study; for a study on an object store resumed on a machine without one,
+    first downloaded from the copy the study folder holds."""
+    path = optuna_sqlite_path(study_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    copy = study_dir / OPTUNA_FILE
+    if not study_dir.is_local and not path.is_file() and copy.is_file():
+        copy.download(path)
+    return path.resolve()
+
+
+def _upload_optuna_copy(study_dir: Location, options: SweepOptions) -> None:
+    """For a study on an object store with SQLite (no --optuna-storage): the database's copy in its folder."""
+    if study_dir.is_local or options.optuna_storage:
+        return
+    path = optuna_sqlite_path(study_dir)
+    if path.is_file():
+        (study_dir / OPTUNA_FILE).upload(path)
+
+
+def _recorded_optuna_storage(options: SweepOptions) -> str:
+    """What study.json says about where the Optuna studies are: `optuna.db` (the file in the study folder),
+    or the --optuna-storage URL without its password."""
+    if not options.optuna_storage:
+        return OPTUNA_FILE
+    return _without_password(options.optuna_storage)
+
+
+def _without_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a SQLAlchemy URL: Optuna would have refused it; record nothing secret
+        return url.split("@")[-1]
+
+
+def _recorded_options(options: SweepOptions) -> dict[str, Any]:
+    recorded = dict(options.__dict__)
+    if recorded.get("optuna_storage"):
+        recorded["optuna_storage"] = _without_password(recorded["optuna_storage"])
+    return recorded
 
 
 def _now() -> str:

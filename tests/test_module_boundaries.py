@@ -30,7 +30,7 @@ def imported_after(statement: str) -> set[str]:
         ("import study.evaluate", {"ray"}),
         ("from study.evaluate import evaluate_model, expected_calibration_error", {"ray"}),
         # The atomic writer every stage shares is cheap to import.
-        ("import study.files", {"ray", "torch", "matplotlib"}),
+        ("import study.storage", {"ray", "torch", "matplotlib"}),
         # The report's document model renders HTML and Markdown without the figures or the builder.
         ("import analysis.document", {"ray", "torch", "matplotlib", "analysis.plots", "analysis.report"}),
         # The robustness and stability tables draw nothing.

@@ -139,7 +139,7 @@ def test_readme_python_block_runs(tmp_path, monkeypatch, capsys):
                                                               regex=True)
         results["checkpoint"] = [f"{planned.study_dir}/train/{t}/model.pt" if c else ""
                                  for t, c in zip(results["trial_id"], results["checkpoint"])]
-        return write_study(planned.study_dir, results=results)
+        return write_study(planned.study_dir.local_path, results=results)
 
     def run_robustness(checkpoints, **kwargs):
         inspect.signature(real_run_robustness).bind(checkpoints, **kwargs)
