@@ -136,7 +136,7 @@ def test_hyperparameters_reach_tune_as_keys_and_reading_a_study_runs_none_of_its
     from study.sweep import collect
 
     study = run_sweep(str(tiny_space(tmp_path)), {}, SweepOptions(storage=str(tmp_path / "runs"), name="tiny",
-                                                                  max_failures=0))
+                                                                  max_failures=0)).local_path
     experiment = study / "tune"
     frame = ExperimentAnalysis(str(experiment)).dataframe()
     assert sorted(frame["config/lr"]) == [0.1, 0.5]  # its own column, not inside a JSON string
