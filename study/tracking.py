@@ -23,6 +23,7 @@ callbacks; `tracker_locations` says where to open the runs (recorded in study.js
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import urllib.error
 import urllib.request
@@ -43,6 +44,7 @@ TRACKER_PACKAGES = {"tensorboard": ("tensorboardX", "tensorboard"), "mlflow": ("
                     "wandb": ("wandb", "wandb")}
 MAX_PARAM_CHARS = 250  # longer config strings (a whole spec, a space file's text) are not hyperparameters
 SERVER_PROBE_SECONDS = 5.0
+WANDB_FINISH_SECONDS = 60.0  # the longest a trial's end waits for its offline W&B run to be written
 _PASSWORD = re.compile(r"(//[^/?#@:]*:)[^/?#@]*@")  # the password of a URI's user part
 
 
@@ -201,10 +203,44 @@ def tracking_callbacks(trackers: Iterable[Tracker], study_name: str) -> list[Any
         elif tracker.kind == "mlflow":
             callbacks.append(_mlflow_callback(tracker.target, study_name))
         else:
-            from ray.air.integrations.wandb import WandbLoggerCallback
-
-            callbacks.append(WandbLoggerCallback(project=study_name, mode=tracker.target))
+            callbacks.append(_wandb_callback(tracker.target, study_name))
     return callbacks
+
+
+def _wandb_callback(mode: str, study_name: str) -> Any:
+    """Ray's WandbLoggerCallback in `mode`, with two fixes for offline runs (Ray 2.60):
+
+    - its setup asks for an API key unless WANDB_MODE says offline (its `mode` argument goes to `wandb.init`
+      alone), so WANDB_MODE is set while the parent's setup runs, and put back after;
+    - a trial's run is written by a logging actor into the trial folder of the driver's staging area, and
+      Tune copies that area into the study folder at its last checkpoint, before the callback waits for the
+      actors (`on_experiment_end`): the study folder got a truncated run. A trial's end waits for its run
+      to be finished instead (offline that takes about a second; online, the upload is not waited for)."""
+    import ray
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    class StudyWandbLoggerCallback(WandbLoggerCallback):
+        def setup(self, *args, **kwargs):
+            if mode != "offline":
+                return super().setup(*args, **kwargs)
+            previous = os.environ.get("WANDB_MODE")
+            os.environ["WANDB_MODE"] = "offline"
+            try:
+                return super().setup(*args, **kwargs)
+            finally:
+                if previous is None:
+                    os.environ.pop("WANDB_MODE", None)
+                else:
+                    os.environ["WANDB_MODE"] = previous
+
+        def log_trial_end(self, trial, failed=False):
+            future = self._trial_logging_futures.get(trial)
+            super().log_trial_end(trial, failed=failed)  # tells the actor to finish the run
+            if mode == "offline" and future is not None and trial in self._trial_logging_futures:
+                ray.wait([future], timeout=WANDB_FINISH_SECONDS)
+                self._cleanup_logging_actors()
+
+    return StudyWandbLoggerCallback(project=study_name, mode=mode)
 
 
 def _mlflow_callback(uri: str, study_name: str) -> Any:

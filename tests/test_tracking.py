@@ -191,8 +191,10 @@ def test_a_sweep_logs_each_trial_to_an_offline_wandb_run(ray_session, tmp_path, 
     code = run_study.main(["sweep", "--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "w",
                            "--tracking", "wandb"])
     assert code == 0, capsys.readouterr().err
-    offline_runs = list((tmp_path / "runs" / "w").glob("tune-ce/*/wandb/offline-run-*"))
-    assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))
+    offline_runs = list((tmp_path / "runs" / "w").glob("tune-ce/*/wandb/offline-run-*/*.wandb"))
+    assert len(offline_runs) == 1
+    # The finished run, not a copy taken while it was still being written: its history holds the metrics.
+    assert b"val_top1" in offline_runs[0].read_bytes()
 
 
 def test_config_errors_are_raised_by_the_python_api_too(tmp_path):
