@@ -9,7 +9,8 @@ a fixed seed, so every mode trains the same trials), run through `study.sweep.ru
 `run_study.py sweep` runs it. Modes: `none` (Tune's defaults: it already writes TensorBoard event files per
 trial when tensorboardX is installed, so `tensorboard` names that logger explicitly and should cost nothing
 more), `tensorboard`, `mlflow` (one MLflow run per trial in a fresh SQLite store, every metric of every
-result; the callback runs in the Tune driver). Reported per mode: the median sweep wall-clock over the rounds
+result; the callback runs in the Tune driver), and `wandb` where the package is installed (offline: a logging
+actor per trial writes its run into the trial folder). Reported per mode: the median sweep wall-clock over the rounds
 (after one uncounted warm-up sweep), the median per-trial time (Tune's `time_total_s`, inside the trial),
 seconds per trial added to the sweep wall against `none` ((wall - wall_none) / trials), the wall ratio, and
 the seconds per trial added between each mode's fastest round (less exposed to a machine shared with others).
@@ -18,6 +19,7 @@ the seconds per trial added between each mode's fastest round (less exposed to a
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +29,7 @@ import yaml
 
 from benchmarks.common import median, print_header, print_table, ray_runtime
 
-MODES = ("none", "tensorboard", "mlflow")
+MODES = ("none", "tensorboard", "mlflow", "wandb")  # wandb only where the package is installed
 BASE = {"dataset": "digits", "image_size": 16, "model": "resnet18", "width": 0.0625, "batch_size": 128,
         "augmentation": "crop_flip", "schedule": "cosine"}
 
@@ -44,8 +46,8 @@ def write_space(folder: Path, trials: int, epochs: int) -> Path:
 def tracking_of(mode: str, folder: Path, name: str) -> tuple[str, ...]:
     if mode == "none":
         return ()
-    if mode == "tensorboard":
-        return ("tensorboard",)
+    if mode in ("tensorboard", "wandb"):
+        return (mode,)  # wandb: offline runs in the trial folders
     return (f"mlflow:sqlite:///{(folder / f'{name}.db').resolve()}",)
 
 
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=1)
     args = parser.parse_args(argv)
-    measured: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
+    modes = tuple(mode for mode in MODES if mode != "wandb" or importlib.util.find_spec("wandb") is not None)
+    measured: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp, ray_runtime() as runtime:
         folder = Path(tmp)
         space = write_space(folder, args.trials, args.epochs)
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         for round_number in range(args.rounds):
             # Alternated, rotating the order each round: a machine that slows down during the run does not
             # land on one mode.
-            order = MODES[round_number % len(MODES):] + MODES[:round_number % len(MODES)]
+            order = modes[round_number % len(modes):] + modes[:round_number % len(modes)]
             for mode in order:
                 measured[mode].append(run_once(space, folder, mode, f"{mode}-{round_number}"))
     print_header("Tracker callbacks (benchmarks/tracking.py)",
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     none_wall = median(run["wall"] for run in measured["none"])
     none_best = min(run["wall"] for run in measured["none"])
     rows = []
-    for mode in MODES:
+    for mode in modes:
         wall = median(run["wall"] for run in measured[mode])
         rows.append({"mode": mode, "wall": wall, "trial": median(run["trial"] for run in measured[mode]),
                      "added": (wall - none_wall) / args.trials, "ratio": wall / none_wall,
