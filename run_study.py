@@ -57,6 +57,13 @@ def _add_ray_flags(parser: argparse.ArgumentParser) -> None:
                         help="where runs are stored: a local path, NFS, or an s3:// / gs:// URI (default ./runs)")
 
 
+def _add_tracking_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking", action="append", default=[], metavar="TRACKER",
+                        help="also log every trial to a tracker (repeatable): tensorboard, mlflow:URI "
+                             "(e.g. mlflow:sqlite:////abs/mlflow.db, mlflow:http://HOST:5000), wandb (offline), "
+                             "wandb:online")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="supcon-study", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -84,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print the planned trials, resources and concurrency; start nothing, write nothing")
     sweep.add_argument("--format", choices=("text", "jsonl"), default=None,
                        help="--dry-run output: aligned text (default) or one JSON object per trial")
+    _add_tracking_flag(sweep)
     _add_ray_flags(sweep)
     _add_config_flags(sweep)
 
@@ -123,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     main_job.add_argument("--corruptions", default=None, help=argparse.SUPPRESS)
     main_job.add_argument("--corruption-profile", default=None, metavar="cifar|imagenet",
                           help="constants of the generated corruptions (default by image size, cifar below 64 px)")
+    _add_tracking_flag(main_job)
     _add_ray_flags(main_job)
     _add_config_flags(main_job)
     return parser
@@ -172,7 +181,7 @@ def sweep_options(args: argparse.Namespace):
                         workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
                         gpus_per_worker=args.gpus_per_worker, max_concurrent=args.max_concurrent,
                         max_failures=args.max_failures, optuna_storage=args.optuna_storage, resume=args.resume,
-                        verbose=int(args.verbose))
+                        verbose=int(args.verbose), tracking=tuple(args.tracking))
 
 
 def command_sweep(args: argparse.Namespace) -> int:
@@ -426,7 +435,7 @@ def command_quickstart(args: argparse.Namespace) -> int:
     resume = (study_dir / STUDY_FILE).is_file()  # a second run finishes (or just re-reports) the first
     print(f"== 1/3 sweep: space {space.name!r} ({space.description})", flush=True)
     study_dir = run_sweep(args.space, overrides, SweepOptions(storage=args.storage, address=args.address,
-                                                              resume=resume))
+                                                              resume=resume, tracking=tuple(args.tracking)))
     print("== 2/3 corruption robustness of every completed trial", flush=True)
     run_robustness(study_checkpoints(study_dir), corruptions=corruptions, profile=profile,
                    output=study_dir / ROBUSTNESS_FILE)

@@ -242,6 +242,8 @@ def build_report(
     title = f"SupCon vs cross-entropy: study {info.get('space') or files.directory.name}"
     subtitle = (f"{info.get('dataset', 'dataset unknown')}, {info.get('model', 'model unknown')}; report generated "
                 f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} from {files.directory}")
+    if info.get("tracking"):  # where the same trials can be watched (study/tracking.py writes these lines)
+        subtitle += "; trackers: " + "; ".join(map(str, info["tracking"]))
     html_path, md_path = out / "report.html", out / "report.md"
     _write_text(html_path, document.to_html(title, subtitle))
     _write_text(md_path, document.to_markdown(title, subtitle, figure_dir, out))

@@ -38,6 +38,7 @@ from study.launch import (RayContext, build_trainer, check_address, check_datase
 from study.spaces import StudySpace, TrialSpec, load_space, parse_space
 from study.storage import Location, read_json, write_json, write_table
 from study.tables import HISTORY_FILE, RESULTS_FILE, SEARCH, STUDY_FILE
+from study.tracking import Tracker, parse_tracking, tracker_locations, tracking_callbacks
 from study.train import train
 
 STATUS_EVERY_SECONDS = 60  # a status line while trials run, between the lines of finished trials
@@ -59,6 +60,7 @@ class SweepOptions:
     optuna_storage: str | None = None
     resume: bool = False
     verbose: int = 0  # Ray Tune's own console output (0: only this module's progress lines; 1-2: its tables too)
+    tracking: tuple[str, ...] = ()  # experiment trackers, `--tracking` values (study/tracking.py)
 
 
 # ----------------------------------------------------------------------------------------- resources
@@ -172,6 +174,19 @@ def _check_study_folder(study_dir: Location, options: SweepOptions) -> None:
         raise ConfigError(f"study {study_dir} exists; pass --resume to continue it or --name to start another")
 
 
+def _checked_tracking(study_dir: Path, options: SweepOptions) -> tuple[Tracker, ...]:
+    """The validated trackers of `options.tracking`. A resumed study keeps the trackers it started with (Tune
+    restores its callbacks with the experiment), so --resume refuses a different --tracking."""
+    trackers = parse_tracking(options.tracking)
+    if options.resume and trackers:
+        recorded = _read_json(study_dir / STUDY_FILE).get("options", {}).get("tracking", [])
+        wanted = [tracker.value for tracker in trackers]  # as study.json records them: no password
+        if sorted(wanted) != sorted(recorded):
+            raise ConfigError(f"--tracking {' '.join(wanted)}: a resumed study keeps the trackers it started with "
+                              f"({' '.join(recorded) or 'none'}); resume without --tracking")
+    return trackers
+
+
 def _is_local(address: str | None) -> bool:
     return not address or address == "local"
 
@@ -261,6 +276,7 @@ def plan(space: SpaceArgument, overrides: dict[str, Any] | None = None, options:
     if _is_local(options.address):
         _check_datasets(specs, base)
     check_storage(options.storage, probe=False)
+    _checked_tracking(study_dir, options)
     if space.design == "search":
         trials = tuple(_planned_search(space, method, overrides, options) for method in space.methods)
         num_trials = space.num_samples * len(space.methods)
@@ -383,6 +399,7 @@ def run_sweep(space: SpaceArgument, overrides: dict[str, Any] | None = None,
     if _is_local(options.address):  # on a cluster the data may live on the workers alone
         _check_datasets(trials, base)
     check_storage(options.storage)
+    trackers = _checked_tracking(study_dir, options)
     # CheckpointConfig(num_to_keep) makes Tune snapshot its state at every checkpoint, which resume relies
     # on; Tune warns about it each time trials checkpoint within 5 s of each other, as short epochs do.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -395,7 +412,8 @@ def run_sweep(space: SpaceArgument, overrides: dict[str, Any] | None = None,
         "model": base.model, "width": base.width, "image_size": base.image_size, "epochs": base.epochs,
         "linear_epochs": base.linear_epochs, "num_trials": len(trials) or space.num_samples * len(space.methods),
         "seeds": list(space.seeds), "metric": space.metric,
-        "overrides": overrides, "options": _recorded_options(options), "started": _now(), "hardware": _hardware(),
+        "overrides": overrides, "options": {**_recorded_options(options), "tracking": [t.value for t in trackers]},
+        "tracking": tracker_locations(trackers, study_dir, name), "started": _now(), "hardware": _hardware(),
         "optuna_storage": _recorded_optuna_storage(options) if space.design == SEARCH else None,
     }
     study_dir.mkdir()
@@ -591,7 +609,9 @@ def _tune_run_config(experiment: Location, options: SweepOptions, total: int):
         name=experiment.name, storage_path=experiment.parent.uri,
         failure_config=tune.FailureConfig(max_failures=options.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[_trial_line_callback(total)], verbose=options.verbose,
+        callbacks=[_trial_line_callback(total),
+                   *tracking_callbacks(parse_tracking(options.tracking, check=False), experiment.parent.name)],
+        verbose=options.verbose,
     )
 
 
