@@ -179,7 +179,7 @@ def _checked_tracking(study_dir: Path, options: SweepOptions) -> tuple[Tracker, 
     restores its callbacks with the experiment), so --resume refuses a different --tracking."""
     trackers = parse_tracking(options.tracking)
     if options.resume and trackers:
-        recorded = _read_json(study_dir / STUDY_FILE).get("options", {}).get("tracking", [])
+        recorded = read_json(study_dir / STUDY_FILE).get("options", {}).get("tracking", [])
         wanted = [tracker.value for tracker in trackers]  # as study.json records them: no password
         if sorted(wanted) != sorted(recorded):
             raise ConfigError(f"--tracking {' '.join(wanted)}: a resumed study keeps the trackers it started with "
