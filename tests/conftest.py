@@ -1,8 +1,14 @@
-"""Shared fixtures: one local Ray runtime per test session, and the read-only shared data beside the repo."""
+"""Shared fixtures: one local Ray runtime and one two-node Ray cluster per test session, and the read-only
+shared data beside the repo. Also the test tiers: what uses a Ray/cluster/server fixture is marked slow."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
+from typing import IO, Iterator
 
 import pytest
 import torch
@@ -12,7 +18,23 @@ import torch
 torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+TESTS = Path(__file__).resolve().parent
+# Session fixtures that start a Ray runtime, a cluster or a server: a test using one is in the slow tier.
+SLOW_FIXTURES = frozenset({"ray_session", "two_node_cluster", "s3_server"})
+# Tests on the two-node cluster run last: its idle processes would tax every test after them.
+CLUSTER_FIXTURE = "two_node_cluster"
 CIFAR_SUBSET_TAR = SHARED / "data" / "cifar10-jpeg-subset.tar"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark slow every test that uses a Ray/cluster/S3 session fixture or lives under tests/faults/, and move the
+    two-node cluster's tests to the end of the session (stable sort: the rest keep their order)."""
+    faults = TESTS / "faults"
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SLOW_FIXTURES or faults in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: CLUSTER_FIXTURE in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +59,80 @@ def cifar_subset_tar() -> Path:
     if not CIFAR_SUBSET_TAR.is_file():
         pytest.skip(f"shared CIFAR-10 subset not found at {CIFAR_SUBSET_TAR} (../shared is absent)")
     return CIFAR_SUBSET_TAR
+
+
+class TwoNodeCluster:
+    """The session's multi-node Ray cluster, held by tests/cluster_holder.py in a process of its own.
+
+    `address` is its GCS address and `env` the environment a driver against it runs with (RAY_ADDRESS set:
+    Ray Train's placement-group cleaner looks its cluster up by address, and finds several local Ray
+    instances otherwise). Drivers run as subprocesses, never in pytest's process, which holds the session's
+    local runtime. `add_node` and `remove_node` change the cluster for the test that calls them: a test that
+    adds a node removes it again, so the next test finds the two nodes it expects."""
+
+    def __init__(self, holder: subprocess.Popen, log: Path, ray_temp: str):
+        self._holder, self._log, self._lock = holder, log, threading.Lock()
+        self.address = self._expect("ADDRESS")[0]
+        self.head, self.worker = self._expect("NODES")
+        self.env = {**os.environ, "RAY_ADDRESS": self.address, "RAY_TMPDIR": ray_temp, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+                    # The nodes listen on 127.0.0.1 only; a driver must look for its raylet there too.
+                    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+    @property
+    def _stdin(self) -> IO[str]:
+        assert self._holder.stdin is not None
+        return self._holder.stdin
+
+    def _expect(self, word: str) -> list[str]:
+        assert self._holder.stdout is not None
+        line = self._holder.stdout.readline()
+        if not line.startswith(word + " "):
+            raise RuntimeError(f"cluster holder answered {line.strip()!r}, expected {word}; its log:\n"
+                               + self._log.read_text(errors="replace")[-3000:])
+        return line.split()[1:]
+
+    def add_node(self, num_cpus: int) -> str:
+        """Start another worker node of `num_cpus` CPUs; returns its node id once it has joined."""
+        with self._lock:
+            self._stdin.write(f"add {int(num_cpus)}\n")
+            self._stdin.flush()
+            return self._expect("NODE")[0]
+
+    def remove_node(self, node: str) -> None:
+        """SIGKILL every process of worker node `node` (not the head): a machine lost, no graceful shutdown."""
+        with self._lock:
+            self._stdin.write(f"kill {node}\n")
+            self._stdin.flush()
+            self._expect("KILLED")
+
+    def shutdown(self) -> None:
+        try:
+            self._stdin.write("quit\n")
+            self._stdin.close()
+            self._holder.wait(timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            self._holder.kill()
+            self._holder.wait()
+
+
+@pytest.fixture(scope="session")
+def two_node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodeCluster]:
+    """A Ray cluster of two 2-CPU nodes (head and one worker) on this machine, loopback only, for the whole
+    session: its tests are sorted last (`pytest_collection_modifyitems`) and it is shut down at the end."""
+    log = tmp_path_factory.mktemp("cluster") / "holder.log"
+    # Its own Ray temp folder: the session's local runtime keeps its files (and its `ray_current_cluster`).
+    temp = f"{os.environ.get('RAY_TMPDIR', '/tmp/ray')}-cluster"
+    os.makedirs(temp, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, str(TESTS / "cluster_holder.py")], cwd=TESTS.parent, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log.open("w"),
+                              env={**os.environ, "RAY_TMPDIR": temp, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
+    try:
+        cluster = TwoNodeCluster(holder, log, temp)
+    except BaseException:
+        holder.kill()
+        holder.wait()
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()

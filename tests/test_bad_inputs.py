@@ -223,6 +223,7 @@ def test_a_checkpoint_that_is_not_one(ray_session, tmp_path, monkeypatch, capsys
     assert tree(tmp_path) == before
 
 
+@pytest.mark.slow  # real processes, each importing torch and Ray
 @pytest.mark.parametrize("argv, named", [
     (["sweep", "--space", "nope"], "'nope'"),
     (["train", "--dataset", "imagefolder:/nonexistent/imagenet"], "/nonexistent/imagenet"),

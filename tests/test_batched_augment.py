@@ -282,6 +282,7 @@ def test_bad_values_are_rejected():
             BatchAugment(**{"policy": "randaugment", "image_size": 32, **RAW, **kwargs})
 
 
+@pytest.mark.slow  # end-to-end training
 @pytest.mark.parametrize("method, pipeline", [("supcon", "device"), ("ce", "device"), ("ce", "cpu")])
 def test_training_reports_the_augmentation_share(tmp_path, method, pipeline):
     from study.train import LocalContext, train
@@ -296,6 +297,7 @@ def test_training_reports_the_augmentation_share(tmp_path, method, pipeline):
     assert epochs and all(0 < m["augment_fraction"] < 1 and math.isfinite(m["loss"]) for m in epochs)
 
 
+@pytest.mark.slow  # end-to-end trainings
 def test_seeded_training_with_the_device_pipeline_repeats_exactly(tmp_path):
     from study.train import LocalContext, train
 

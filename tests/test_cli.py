@@ -104,6 +104,7 @@ def test_no_arguments_means_the_main_job(monkeypatch):
     assert called["args"].command == "quickstart" and called["args"].space == "quick"
 
 
+@pytest.mark.slow  # a real process: Ray start-up and a training
 def test_train_console_shows_our_progress_once_without_ray_train_chatter(tmp_path):
     """A Ray Train run's console: each epoch line once (Train V2 echoes prints through a logger unless told
     not to), and none of Train's per-epoch INFO lines or its State API warnings (the dashboard serves it)."""

@@ -63,6 +63,7 @@ def test_rmsprop_cells_use_exponential_decay(name: str):
             assert config.lr_decay_rate == pytest.approx(0.97**2), trial.trial_name
 
 
+@pytest.mark.slow  # end-to-end training
 def test_linear_stage_rmsprop_uses_the_authors_stage_2_epsilon(monkeypatch, tmp_path):
     """supcon/hparams_flags.py: stage_1_rmsprop_epsilon 1.0, stage_2_rmsprop_epsilon 0.001."""
     assert (RMSPROP_EPSILON, LINEAR_RMSPROP_EPSILON) == (1.0, 1e-3)

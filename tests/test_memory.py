@@ -207,6 +207,7 @@ def test_config_fields():
         assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow  # three end-to-end trainings
 def test_training_with_a_memory_checkpoints_it_and_resumes(tmp_path):
     """digits, memory_size=128: the queue fills, is checkpointed mid-stage, and a run killed in its second
     epoch resumes with it to the same numbers as an unkilled run; a checkpoint without it still loads."""

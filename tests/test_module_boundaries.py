@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Each case imports in a fresh interpreter (a subprocess), seconds apiece: the slow tier.
+pytestmark = pytest.mark.slow
 HEAVY = ("ray", "torch", "matplotlib", "analysis.plots", "analysis.report")
 
 

@@ -33,6 +33,7 @@ def _imported_after(statement: str) -> set[str]:
     return set(out.stdout.split())
 
 
+@pytest.mark.slow  # fresh interpreters (subprocesses)
 def test_importing_the_packages_is_cheap():
     assert _imported_after("import analysis") == set()
     assert _imported_after("import study") == set()

@@ -26,6 +26,7 @@ def test_stages():
     assert stages_of(tiny(method="ce", ce_two_stage=True)) == ["ce", "linear"]
 
 
+@pytest.mark.slow  # end-to-end training
 @pytest.mark.parametrize("method", ["supcon", "simclr", "ce"])
 def test_each_method_trains_reports_and_exports(tmp_path, method):
     context = LocalContext(tmp_path)
@@ -44,12 +45,14 @@ def test_each_method_trains_reports_and_exports(tmp_path, method):
     assert logits.shape == (2, 10)
 
 
+@pytest.mark.slow  # end-to-end training
 def test_training_learns_digits(tmp_path):
     """Cross-entropy on digits for a few epochs beats chance by a wide margin."""
     final = train(tiny(method="ce", epochs=4, width=0.125), LocalContext(tmp_path))
     assert final["test_top1"] > 50
 
 
+@pytest.mark.slow  # end-to-end training
 def test_resume_continues_at_the_next_epoch(tmp_path):
     config = tiny(method="supcon", epochs=2, linear_epochs=1)
     interrupted = LocalContext(tmp_path)
@@ -68,6 +71,7 @@ def test_resume_continues_at_the_next_epoch(tmp_path):
     assert len(list((tmp_path / "checkpoints").glob("checkpoint_*"))) == 2  # keeps the last two
 
 
+@pytest.mark.slow  # end-to-end training
 def test_seeded_runs_are_reproducible_on_cpu(tmp_path):
     first = train(tiny(method="ce"), LocalContext(tmp_path / "a"))
     second = train(tiny(method="ce"), LocalContext(tmp_path / "b"))
@@ -86,6 +90,7 @@ def test_non_finite_loss_ends_as_diverged(tmp_path):
     assert "test_top1" not in final
 
 
+@pytest.mark.slow  # end-to-end training
 def test_normalized_embedding_linear_head_on_a_stratified_half(tmp_path):
     """normalize_embedding, the linear projection head and train_fraction together, end to end."""
     from study.augment import build_eval_transform
