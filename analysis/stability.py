@@ -59,8 +59,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -145,7 +145,8 @@ def trial_num_classes(results: pd.DataFrame, num_classes: int | None = None) -> 
         if not (isinstance(num_classes, (int, np.integer)) and num_classes >= 2):
             raise ValueError(f"num_classes={num_classes!r} is invalid; allowed: an integer >= 2")
         return pd.Series(float(num_classes), index=results.index)
-    configs = results["config"] if "config" in results.columns else pd.Series([None] * len(results), index=results.index)
+    configs = (results["config"] if "config" in results.columns
+               else pd.Series([None] * len(results), index=results.index))
     values = []
     for config in configs:
         parsed = _config_of(config)
@@ -234,11 +235,11 @@ def stability_trials(
     if out.empty:
         return _empty_trials()
     settings, values, setting_keys = {}, {}, {}
-    for (family, method), group in out.groupby(["family", "method"], sort=False):
+    for (family, _method), group in out.groupby(["family", "method"], sort=False):
         # Label a setting by what varies within this family and method only.
         member_keys = [keys[i] for i in group["row"]]
         varying = [j for j in range(len(columns)) if len({k[j] for k in member_keys}) > 1]
-        for index, i in zip(group.index, group["row"]):
+        for index, i in zip(group.index, group["row"], strict=True):
             setting_keys[index] = keys[i]
             if family in columns:
                 settings[index], values[index] = keys[i][columns.index(family)], hyper.at[i, family]
@@ -266,7 +267,7 @@ def stability_trials(
     out["top1"] = top1
     out["val_top1"] = val
     reason = []
-    for state, value, is_div in zip(out["status"], raw, out["diverged"]):
+    for state, value, is_div in zip(out["status"], raw, out["diverged"], strict=True):
         if state == "completed":
             reason.append("" if np.isfinite(value) else "no " + metric)
         elif is_div:
@@ -283,7 +284,8 @@ def stability_trials(
     out["_own"] = [varied[i] != BASE for i in out["row"]]
     out = out.sort_values(["family", "method", "_own"], ascending=[True, True, False], kind="stable")
     seeds = out["seed"].astype(str)
-    duplicate = pd.Series(list(zip(out["family"], out["method"], out["_key"], seeds)), index=out.index).duplicated()
+    keys = list(zip(out["family"], out["method"], out["_key"], seeds, strict=True))
+    duplicate = pd.Series(keys, index=out.index).duplicated()
     out = out.loc[~duplicate].sort_values(["family", "method", "row"], kind="stable")
     return out.drop(columns=["_own", "_key"]).reset_index(drop=True)
 
@@ -525,7 +527,7 @@ def difference_intervals(
     # Variance of a setting mean from seed noise, per cell, and its Satterthwaite degrees of freedom.
     parts = [sigma * sigma * float(np.mean(1.0 / sizes)) for _, sizes, _, sigma in cells]
     total = sum(parts)
-    df = (total * total / sum(p * p / cell[2] for p, cell in zip(parts, cells))) if total > 0 else math.inf
+    df = (total * total / sum(p * p / cell[2] for p, cell in zip(parts, cells, strict=True))) if total > 0 else math.inf
     scales = _noise_scales(df, n_boot, rng)
     draws = [_spread_draws(cell, scales, rng) for cell in cells]
     tail = (1 - confidence) / 2
@@ -736,7 +738,7 @@ def best_top1(
         ids = group.drop_duplicates("row")
         combos = hyper.iloc[ids["row"].to_numpy()] if len(hyper.columns) else None
         labels = (["all"] * len(ids) if combos is None else
-                  [", ".join(f"{c}={format_value(v)}" for c, v in zip(hyper.columns, row))
+                  [", ".join(f"{c}={format_value(v)}" for c, v in zip(hyper.columns, row, strict=True))
                    for row in combos.itertuples(index=False)])
         ids = ids.assign(setting=labels)
         ids = ids.loc[~ids[["setting", "seed"]].astype(str).duplicated()]

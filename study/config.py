@@ -18,9 +18,10 @@ import numbers
 import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 
@@ -148,7 +149,7 @@ class Config:
         self.validate(source=_SOURCE.get())
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], *, source: str = "config") -> "Config":
+    def from_dict(cls, values: Mapping[str, Any], *, source: str = "config") -> Config:
         """Build a validated config from a mapping. `source` names where the values came from (a file, a
         space) and prefixes every error message."""
         if not isinstance(values, Mapping):
@@ -169,7 +170,7 @@ class Config:
             _SOURCE.reset(token)
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> "Config":
+    def from_yaml(cls, path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> Config:
         """Load a YAML file of config fields (safe loader), apply `overrides`, validate."""
         path = Path(path)
         if not path.is_file():
@@ -182,7 +183,7 @@ class Config:
             raise ConfigError(f"{path}: expected a mapping of config fields, got {type(values).__name__}")
         return cls.from_dict({**values, **(overrides or {})}, source=str(path))
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         """A validated copy with some fields changed."""
         return Config.from_dict({**self.to_dict(), **changes})
 

@@ -43,8 +43,9 @@ released CIFAR-10-C/100-C. This module adds what a study needs around the corrup
   into NaN, i.e. black once cast to uint8; such images come back unspattered instead (both profiles);
 - speed: frost textures are read from disk and rescaled once per process instead of once per image
   (bit-identical to the library, about 10x faster at 32 px), and zoom_blur zooms channels as 2-D images
-  (bit-identical, 2x faster; it is the slowest corruption, about 1/4 of all the work at 224 px). The rest loops over images: the library's
-  functions are per image and their numeric work dominates (batching brightness over N gave no speed-up).
+  (bit-identical, 2x faster; it is the slowest corruption, about 1/4 of all the work at 224 px). The rest loops
+  over images: the library's functions are per image and their numeric work dominates (batching brightness
+  over N gave no speed-up).
   The `cifar` zoom_blur zooms each distinct (crop size, output size) once per image: scipy's zoom depends
   on the factor only through the output size, so factors sharing both give the same layer (bit-identical,
   and it makes up for the script's denser factors: 82 zooms over the five severities vs ImageNet-C's 63).
@@ -53,9 +54,9 @@ Note on scale: the `imagenet` profile on 32-px or 16-px images is much harsher t
 CIFAR-10-C (whose constants are the `cifar` profile), so errors on such sets are comparable only with each
 other. Constants that are absolute in pixels (blur radii, elastic displacement, frost texture scale) are
 relatively much stronger on tiny images (also the `cifar` ones on 16-px digits, made for 32 px); noise,
-brightness, contrast, saturate, pixelate and JPEG act per pixel and are resolution-independent. numba's internal RNG (glass_blur) is
-left seeded by the last image; nothing else outside numpy's global RNG is touched. Not thread-safe: numpy's
-global RNG is process-wide (each Ray task runs in its own worker process).
+brightness, contrast, saturate, pixelate and JPEG act per pixel and are resolution-independent. numba's
+internal RNG (glass_blur) is left seeded by the last image; nothing else outside numpy's global RNG is
+touched. Not thread-safe: numpy's global RNG is process-wide (each Ray task runs in its own worker process).
 """
 
 from __future__ import annotations
@@ -64,7 +65,6 @@ import functools
 import importlib.resources
 import numbers
 import zlib
-
 from io import BytesIO
 
 import cv2
@@ -218,7 +218,9 @@ def default_profile(height: int, width: int) -> str:
 def check_profile(profile: object) -> None:
     """ValueError naming the allowed values unless `profile` is None or one of `PROFILES`."""
     if profile is not None and profile not in PROFILES:
-        raise ValueError(f"unknown corruption profile {profile!r}; allowed: {', '.join(PROFILES)} (or None: by image size)")
+        raise ValueError(
+            f"unknown corruption profile {profile!r}; allowed: {', '.join(PROFILES)} (or None: by image size)"
+        )
 
 
 def corrupt(
@@ -339,7 +341,7 @@ def _frost(image: np.ndarray, severity: int) -> np.ndarray:
     return np.clip(image_weight * image + frost_weight * crop, 0, 255)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _frost_texture(index: int) -> np.ndarray:
     reference = importlib.resources.files("imagecorruptions") / "frost" / _FROST_FILES[index]
     with importlib.resources.as_file(reference) as path:
@@ -547,12 +549,14 @@ def _cifar_elastic_transform(x: np.ndarray, c: tuple, seed: int) -> np.ndarray:
     warp = cv2.getAffineTransform(anchors, moved)
     image = cv2.warpAffine(image, warp, (width, height), borderMode=cv2.BORDER_REFLECT_101)
     shifts = [
-        (gaussian(np.random.uniform(-1, 1, size=(height, width)), sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)
+        (gaussian(np.random.uniform(-1, 1, size=(height, width)), sigma, mode="reflect", truncate=3) * alpha)
+        .astype(np.float32)
         for _ in range(2)
     ]  # first the row displacement, then the column one
     rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
     coordinates = [(rows + shifts[0]).reshape(-1), (cols + shifts[1]).reshape(-1)]
-    warped = [map_coordinates(image[..., k], coordinates, order=1, mode="reflect").reshape(height, width) for k in range(3)]
+    warped = [map_coordinates(image[..., k], coordinates, order=1, mode="reflect").reshape(height, width)
+              for k in range(3)]
     return np.clip(np.stack(warped, axis=-1), 0, 1) * 255
 
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import functools
 import numbers
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -83,7 +83,7 @@ class ArrayImageDataset(Dataset):
     def stored_at_image_size(self) -> bool:
         return self.images.shape[1] == self.images.shape[2] == self.image_size
 
-    def subset(self, indices: np.ndarray) -> "ArrayImageDataset":
+    def subset(self, indices: np.ndarray) -> ArrayImageDataset:
         """A new dataset holding a copy of the selected images."""
         return ArrayImageDataset(self.images[indices], self.labels[indices], image_size=self.image_size)
 
@@ -107,7 +107,7 @@ class ImageFileDataset(Dataset):
     def targets(self) -> np.ndarray:
         return np.fromiter((label for _, label in self.samples), dtype=np.int64, count=len(self.samples))
 
-    def subset(self, indices: np.ndarray) -> "ImageFileDataset":
+    def subset(self, indices: np.ndarray) -> ImageFileDataset:
         return ImageFileDataset([self.samples[i] for i in indices])
 
     def __len__(self) -> int:
@@ -248,7 +248,7 @@ def stratified_split(
             shortfall -= 1
     rng = np.random.default_rng(seed)
     held_out = []
-    for c, n_held in zip(classes, held):
+    for c, n_held in zip(classes, held, strict=True):
         members = np.flatnonzero(labels == c)
         held_out.append(rng.permutation(members)[:n_held])
     held_out_indices = np.sort(np.concatenate(held_out)) if held_out else np.empty(0, np.int64)
@@ -284,7 +284,7 @@ def stratified_order(labels: Sequence[int] | np.ndarray, *, seed: int) -> np.nda
     classes = np.unique(labels)
     class_rank = rng.permutation(len(classes))
     positions, ranks, members_in_order = [], [], []
-    for c, rank in zip(classes, class_rank):
+    for c, rank in zip(classes, class_rank, strict=True):
         members = rng.permutation(np.flatnonzero(labels == c))
         quantiles = (np.arange(len(members)) + 0.5) / len(members)
         quantiles[0] = 0.0

@@ -18,7 +18,7 @@ that matrix to `[chunk_size, contrast]` and recomputes it in backward (activatio
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist

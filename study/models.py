@@ -154,7 +154,7 @@ class ResNet(nn.Module):
             )
         stages = []
         in_channels = stem_channels
-        for index, (stage_planes, num_blocks) in enumerate(zip(planes, blocks_per_stage)):
+        for index, (stage_planes, num_blocks) in enumerate(zip(planes, blocks_per_stage, strict=True)):
             stride = 1 if index == 0 else 2
             blocks = []
             for block_index in range(num_blocks):

@@ -96,7 +96,9 @@ def parameter_groups(module_or_params: nn.Module | Iterable[torch.Tensor], weigh
         seen.add(id(param))
         (undecayed if param.ndim <= 1 else decayed).append(param)
     if not seen:
-        raise ValueError("invalid module_or_params: no parameter requires grad; allowed: at least one trainable parameter")
+        raise ValueError(
+            "invalid module_or_params: no parameter requires grad; allowed: at least one trainable parameter"
+        )
     groups = [
         {"params": decayed, "weight_decay": float(weight_decay)},
         {"params": undecayed, "weight_decay": 0.0},

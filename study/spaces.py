@@ -23,9 +23,10 @@ import itertools
 import math
 import numbers
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Annotated, Any, NamedTuple
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -329,7 +330,9 @@ class StudySpace:
                     if clash:
                         raise self._fail("vary", f"companion fields {sorted(clash)} are set by two varied values")
                     params.update(choice_params)
-                label = "-".join(f"{p.name}={_format_value(v)}" for p, (v, _) in zip(parameters, combination))
+                label = "-".join(
+                    f"{p.name}={_format_value(v)}" for p, (v, _) in zip(parameters, combination, strict=True)
+                )
                 name = f"{method}-{label}"
                 Config.from_dict({**values, **params}, source=f"{self.label}: vary (combination {name})")
                 rows.append(_TrialPlan(name, "grid", params, {**values, **params}, hyper_names))
@@ -665,7 +668,7 @@ class _Distribution(_Schema):
     methods: Methods | None = None
 
     @model_validator(mode="after")
-    def _fits_type(self) -> "_Distribution":
+    def _fits_type(self) -> _Distribution:
         allowed = DISTRIBUTION_KEYS[self.type]
         extra = sorted(set(self.model_fields_set) - set(allowed))
         if extra:
@@ -705,7 +708,7 @@ class _Scheduler(_Schema):
     ] = 3.0
 
     @model_validator(mode="after")
-    def _none_takes_nothing(self) -> "_Scheduler":
+    def _none_takes_nothing(self) -> _Scheduler:
         extra = sorted(set(self.model_fields_set) - {"type"})
         if self.type == "none" and extra:
             raise _invalid(f"unknown keys {extra} for scheduler none; allowed: type")
@@ -771,7 +774,7 @@ class _SpaceFile(_Schema):
     scheduler: Annotated[_Scheduler, BeforeValidator(_as_scheduler)] = _Scheduler(type="none")
 
     @model_validator(mode="after")
-    def _keys_of_the_design(self) -> "_SpaceFile":
+    def _keys_of_the_design(self) -> _SpaceFile:
         given = self.model_fields_set
         if self.design == "search":
             if "vary" in given:

@@ -27,9 +27,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -42,7 +43,14 @@ from study.augment import build_eval_transform, build_train_transform, default_a
 from study.batched_augment import build_batch_augment, resolve_data_pipeline
 from study.checkpoint import STATE_FILE, CheckpointError, atomic_save, safe_load, save_classifier, unwrap
 from study.config import Config
-from study.data import DatasetSplits, DecodedDataset, MultiViewDataset, TransformedDataset, collate_decoded, load_dataset
+from study.data import (
+    DatasetSplits,
+    DecodedDataset,
+    MultiViewDataset,
+    TransformedDataset,
+    collate_decoded,
+    load_dataset,
+)
 from study.losses import supcon_loss, supcon_loss_with_memory
 from study.memory import KeyMemory
 from study.models import Classifier, ContrastiveNetwork, build_encoder
@@ -192,7 +200,9 @@ def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 
 
 @torch.no_grad()
-def _embed(encoder: nn.Module, dataset: Dataset, config: Config, context: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
+def _embed(
+    encoder: nn.Module, dataset: Dataset, config: Config, context: RunContext
+) -> tuple[torch.Tensor, torch.Tensor]:
     loader = DataLoader(dataset, batch_size=256, shuffle=False, num_workers=config.loader_workers)
     features, labels = [], []
     for images, targets in loader:
@@ -459,7 +469,8 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
         networks.encoder.requires_grad_(False)
         networks.encoder.to(context.device).eval()
         trained = context.prepare_model(networks.classifier.fc)
-        optimizer = build_optimizer(config.linear_optimizer, trained, lr=config.scaled_lr(config.linear_lr, global_batch),
+        optimizer = build_optimizer(config.linear_optimizer, trained,
+                                    lr=config.scaled_lr(config.linear_lr, global_batch),
                                     momentum=config.linear_momentum, weight_decay=config.linear_weight_decay,
                                     rmsprop_epsilon=LINEAR_RMSPROP_EPSILON)
         schedule_name, warmup = config.linear_schedule, 0
@@ -475,7 +486,8 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
     steps_per_epoch = max(1, len(_loader(train_set, local_batch, shuffle=True, drop_last=drop_last, seed=config.seed,
                                          epoch=0, context=context, config=config, collate_fn=collate)))
     scheduler = build_scheduler(schedule_name, optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                                warmup_epochs=warmup, decay_rate=config.lr_decay_rate, step_epochs=config.lr_step_epochs)
+                                warmup_epochs=warmup, decay_rate=config.lr_decay_rate,
+                                step_epochs=config.lr_step_epochs)
     if resume is not None and "optimizer" in resume:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
