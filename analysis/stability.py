@@ -61,6 +61,7 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -73,6 +74,8 @@ DESIGN_FAMILIES = (GRID, SEARCH)
 # Classes of the named datasets, for chance accuracy when a config does not carry `num_classes`.
 DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
 METHOD_NAMES = {"supcon": "SupCon", "ce": "cross-entropy", "simclr": "SimCLR"}
+# The settings of one cell: groups[k] holds setting k's per-seed values (a list or a 1-D array).
+SeedGroups = Sequence[Sequence[float] | np.ndarray]
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -124,7 +127,7 @@ def _config_of(row_config: object) -> dict:
     return {}
 
 
-def _find_key(mapping: dict, key: str, depth: int = 3) -> object:
+def _find_key(mapping: dict, key: str, depth: int = 3) -> Any:
     """`mapping[key]`, or the first value of `key` in nested mappings (a searched trial's config nests the
     fixed settings), or None."""
     if key in mapping:
@@ -446,7 +449,7 @@ def _noise_scales(df: float, n_boot: int, rng: np.random.Generator) -> np.ndarra
     return np.sqrt(df / rng.chisquare(df, n_boot)) if math.isfinite(df) else np.ones(n_boot)
 
 
-def _cell(groups: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray, int, float] | None:
+def _cell(groups: SeedGroups) -> tuple[np.ndarray, np.ndarray, int, float] | None:
     """(setting means, seeds per setting, within-setting df, pooled seed-noise sd) of one cell, or None
     when there is nothing to go on: fewer than 2 settings, or no setting with 2 seeds."""
     arrays = [np.asarray(g, dtype=float).ravel() for g in groups]
@@ -472,7 +475,7 @@ def _spread_draws(cell: tuple[np.ndarray, np.ndarray, int, float], scales: np.nd
 
 
 def spread_confidence(
-    groups: Sequence[Sequence[float]],
+    groups: SeedGroups,
     *,
     n_boot: int = 2000,
     rng: np.random.Generator | int | None = None,
@@ -490,7 +493,7 @@ def spread_confidence(
 
 
 def spread_intervals(
-    groups: Sequence[Sequence[float]],
+    groups: SeedGroups,
     confidence: float = 0.95,
     *,
     n_boot: int = 2000,
@@ -504,8 +507,8 @@ def spread_intervals(
 
 
 def difference_intervals(
-    first: Sequence[Sequence[float]],
-    second: Sequence[Sequence[float]],
+    first: SeedGroups,
+    second: SeedGroups,
     confidence: float = 0.95,
     *,
     n_boot: int = 2000,
@@ -520,9 +523,10 @@ def difference_intervals(
     NaN when either cell has nothing to go on."""
     _check_confidence(confidence)
     _check_boot(n_boot)
-    cells = _cell(first), _cell(second)
-    if cells[0] is None or cells[1] is None:
+    first_cell, second_cell = _cell(first), _cell(second)
+    if first_cell is None or second_cell is None:
         return dict.fromkeys(SPREAD_STATISTICS, (math.nan, math.nan))
+    cells = first_cell, second_cell
     rng = np.random.default_rng(rng)
     # Variance of a setting mean from seed noise, per cell, and its Satterthwaite degrees of freedom.
     parts = [sigma * sigma * float(np.mean(1.0 / sizes)) for _, sizes, _, sigma in cells]
@@ -542,15 +546,15 @@ def difference_intervals(
 def mean_interval(values: Sequence[float], confidence: float) -> tuple[float, float]:
     """Student-t interval for the true mean of one setting from its seeds (NaN with fewer than 2)."""
     _check_confidence(confidence)
-    values = np.asarray(values, dtype=float).ravel()
-    if not np.isfinite(values).all():
+    seeds = np.asarray(values, dtype=float).ravel()
+    if not np.isfinite(seeds).all():
         raise ValueError("values must be finite; got NaN or inf")
-    if len(values) < 2:
+    if len(seeds) < 2:
         return math.nan, math.nan
     from scipy import stats  # a dependency of scikit-learn; imported here to keep the module light
 
-    half = float(stats.t.ppf((1 + confidence) / 2, len(values) - 1)) * values.std(ddof=1) / math.sqrt(len(values))
-    return float(values.mean() - half), float(values.mean() + half)
+    half = float(stats.t.ppf((1 + confidence) / 2, len(seeds) - 1)) * seeds.std(ddof=1) / math.sqrt(len(seeds))
+    return float(seeds.mean() - half), float(seeds.mean() + half)
 
 
 def _check_confidence(confidence: float) -> None:
@@ -749,7 +753,7 @@ def best_top1(
         else:
             best_label, selected_by = stats["top1"].idxmax(), metric
         values = ids.loc[ids["setting"] == best_label, "top1"].to_numpy(dtype=float)
-        ci = (math.nan, math.nan)
+        ci: tuple[float, ...] = (math.nan, math.nan)
         if len(values) >= 2:  # top-1 is a percentage: the interval stays within [0, 100]
             ci = tuple(min(max(x, 0.0), 100.0) for x in mean_interval(values, confidence))
         rows.append({

@@ -90,6 +90,10 @@ class BatchAugment(nn.Module):
 
     `views(images, n)` returns n independent augmentations of each image, [B, n, 3, S, S]."""
 
+    mean: torch.Tensor  # buffers [1, 3, 1, 1], registered in __init__
+    std: torch.Tensor
+    crop: K.RandomCrop | K.RandomResizedCrop
+
     def __init__(
         self,
         policy: str,
@@ -175,6 +179,7 @@ class BatchAugment(nn.Module):
             elif step == "randaugment":
                 x = _randaugment(x, self.randaugment_n, self.randaugment_m)
             else:
+                assert isinstance(step, nn.Module)  # the strings are the two op-table policies above
                 x = step(x)
         return (x - self.mean) / self.std
 

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-import numbers
 import zlib
 from io import BytesIO
 
@@ -78,6 +77,7 @@ from skimage.color import hsv2rgb, rgb2hsv
 from skimage.filters import gaussian
 from skimage.util import random_noise
 
+from study.config import is_integer
 from study.tables import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, CORRUPTION_GROUPS, HELD_OUT_CORRUPTIONS, SEVERITIES
 
 __all__ = [
@@ -251,7 +251,7 @@ def corrupt(
     check_profile(profile)
     check_images(images)
     for label, value in (("seed", seed), ("start_index", start_index)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        if not (is_integer(value) and value >= 0):
             raise ValueError(f"invalid {label}={value!r}; allowed: an integer >= 0")
     severity = int(severity)
     if profile is None:
@@ -540,11 +540,11 @@ def _cifar_elastic_transform(x: np.ndarray, c: tuple, seed: int) -> np.ndarray:
     are fractions of the image size."""
     size = min(x.shape[:2])  # the script's IMSIZE
     alpha, sigma, affine = (fraction * size for fraction in c)
-    image = x.astype(np.float32) / 255.0
+    image: np.ndarray = x.astype(np.float32) / 255.0  # then cv2's warped copy
     height, width = image.shape[:2]
-    centre = np.float32((height, width)) // 2
+    centre = np.array((height, width), dtype=np.float32) // 2
     step = size // 3
-    anchors = np.float32([centre + step, [centre[0] + step, centre[1] - step], centre - step])
+    anchors = np.array([centre + step, [centre[0] + step, centre[1] - step], centre - step], dtype=np.float32)
     moved = anchors + np.random.uniform(-affine, affine, size=anchors.shape).astype(np.float32)
     warp = cv2.getAffineTransform(anchors, moved)
     image = cv2.warpAffine(image, warp, (width, height), borderMode=cv2.BORDER_REFLECT_101)
@@ -562,8 +562,8 @@ def _cifar_elastic_transform(x: np.ndarray, c: tuple, seed: int) -> np.ndarray:
 
 def _cifar_pixelate(x: np.ndarray, c: float, seed: int) -> np.ndarray:
     height, width = x.shape[:2]
-    small = Image.fromarray(x).resize((int(width * c), int(height * c)), Image.BOX)
-    return np.asarray(small.resize((width, height), Image.BOX))  # box up, not nearest as ImageNet-C
+    small = Image.fromarray(x).resize((int(width * c), int(height * c)), Image.Resampling.BOX)
+    return np.asarray(small.resize((width, height), Image.Resampling.BOX))  # box up, not nearest as ImageNet-C
 
 
 def _cifar_jpeg_compression(x: np.ndarray, c: int, seed: int) -> np.ndarray:
@@ -594,12 +594,12 @@ def _cifar_spatter(x: np.ndarray, c: tuple, seed: int) -> np.ndarray:
         if peak == 0:
             return x * 255
         shade = (shade / peak * intensity)[..., np.newaxis]
-        water = np.float32(_CIFAR_SPATTER_WATER) / 255.0
+        water = np.array(_CIFAR_SPATTER_WATER, dtype=np.float32) / 255.0
         return np.clip(x + shade * water, 0, 1) * 255
     cover = gaussian(np.where(liquid > threshold, 1, 0).astype(np.float32), sigma=intensity)
     cover[cover < 0.8] = 0  # make_cifar_c.py:319
     cover = cover[..., np.newaxis]
-    mud_colour = np.float32(_CIFAR_SPATTER_MUD) / 255.0
+    mud_colour = np.array(_CIFAR_SPATTER_MUD, dtype=np.float32) / 255.0
     return np.clip(x * (1 - cover) + mud_colour * cover, 0, 1) * 255
 
 
@@ -614,7 +614,7 @@ def _check_name(name: object) -> None:
 
 
 def _check_severity(severity: object) -> None:
-    if isinstance(severity, bool) or not isinstance(severity, numbers.Integral) or not 1 <= severity <= 5:
+    if not (is_integer(severity) and 1 <= severity <= 5):
         raise ValueError(f"invalid severity {severity!r}; allowed: an integer 1-5")
 
 

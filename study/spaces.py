@@ -144,10 +144,13 @@ class Distribution:
         """The equivalent `optuna.distributions` object (what Ray Tune's OptunaSearch takes)."""
         from optuna import distributions
 
-        if self.type == "float":
-            return distributions.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
-        if self.type == "int":
-            return distributions.IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
+        if self.type in ("float", "int"):
+            assert self.low is not None and self.high is not None  # numeric types have both (checked at load)
+            if self.type == "float":
+                return distributions.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+            # an int distribution's bounds and step are ints already (_check_distributions converts them)
+            return distributions.IntDistribution(int(self.low), int(self.high), log=self.log,
+                                                 step=int(self.step or 1))
         return distributions.CategoricalDistribution(list(self.choices))
 
     def edge_values(self) -> list[tuple[str, Any]]:
@@ -324,7 +327,7 @@ class StudySpace:
                     rows.append(_TrialPlan(name, parameter.name, params, {**values, **params}, hyper_names))
         elif parameters:
             for combination in itertools.product(*(options[p.name] for p in parameters)):
-                params: dict[str, Any] = {}
+                params = {}
                 for _, choice_params in combination:
                     clash = set(params) & set(choice_params)
                     if clash:
@@ -380,6 +383,7 @@ class StudySpace:
         self._require_search("make_sampler")
         import optuna.samplers
 
+        assert self.sampler is not None  # every search space names one (TPESampler by default)
         cls = getattr(optuna.samplers, self.sampler)
         kwargs = dict(self.sampler_args)
         if seed is not None and "seed" in inspect.signature(cls).parameters:
@@ -976,6 +980,7 @@ def _check_distributions(schema: _SpaceFile, base_configs: Mapping[str, Config],
             distribution = Distribution(name=name, type=spec.type, choices=normalised, methods=restricted)
         else:
             number = int if spec.type == "int" else float
+            assert spec.low is not None and spec.high is not None  # _Distribution requires both for this type
             distribution = Distribution(
                 name=name,
                 type=spec.type,

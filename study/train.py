@@ -47,6 +47,7 @@ from study.data import (
     DatasetSplits,
     DecodedDataset,
     MultiViewDataset,
+    SizedDataset,
     TransformedDataset,
     collate_decoded,
     load_dataset,
@@ -152,6 +153,7 @@ def _loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: bool
             context: RunContext, config: Config, collate_fn: Callable | None = None) -> DataLoader:
     """A loader for this worker's shard. Shuffling is seeded by (seed, epoch) so a resumed run sees the
     same order as an uninterrupted one."""
+    sampler: DistributedSampler | None
     if context.world_size > 1:
         sampler = DistributedSampler(dataset, num_replicas=context.world_size, rank=context.world_rank,
                                      shuffle=shuffle, seed=seed, drop_last=drop_last)
@@ -174,7 +176,7 @@ def _loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: bool
     )
 
 
-def _shard(dataset: Dataset, context: RunContext) -> Dataset:
+def _shard(dataset: SizedDataset, context: RunContext) -> Dataset:
     """Every world_size-th sample, for evaluation split across workers without padding."""
     if context.world_size == 1:
         return dataset
@@ -216,7 +218,7 @@ def _embed(
 
 
 @torch.no_grad()
-def knn_accuracy(encoder: nn.Module, bank: Dataset, queries: Dataset, num_classes: int, config: Config,
+def knn_accuracy(encoder: nn.Module, bank: Dataset, queries: SizedDataset, num_classes: int, config: Config,
                  context: RunContext) -> tuple[float, float]:
     """Top-1/top-5 (percent) of a weighted k-NN classifier on cosine similarity of representations."""
     was_training = encoder.training
@@ -238,7 +240,7 @@ def knn_accuracy(encoder: nn.Module, bank: Dataset, queries: Dataset, num_classe
 
 
 @torch.no_grad()
-def classifier_accuracy(classifier: nn.Module, dataset: Dataset, config: Config,
+def classifier_accuracy(classifier: nn.Module, dataset: SizedDataset, config: Config,
                         context: RunContext) -> tuple[float, float]:
     """Top-1/top-5 (percent) of a classifier on a dataset of (tensor, label), split across workers."""
     was_training = classifier.training
@@ -260,6 +262,7 @@ def classifier_accuracy(classifier: nn.Module, dataset: Dataset, config: Config,
 
 def _rng_state() -> dict[str, Any]:
     numpy_state = np.random.get_state()
+    assert isinstance(numpy_state, tuple)  # the legacy form, get_state's default: (name, keys, pos, ...)
     return {
         "torch": torch.get_rng_state(),
         "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)),
@@ -330,7 +333,7 @@ class _Networks:
 
     def __init__(self, config: Config, splits: DatasetSplits):
         encoder = build_encoder(config.model, width=config.width, stem=config.stem, image_size=splits.image_size)
-        self.encoder = encoder
+        self.encoder: nn.Module = encoder  # a ResNet, or its SyncBatchNorm conversion (replace_encoder)
         self.contrastive = ContrastiveNetwork(
             encoder, config.projection_dim, projection_head=config.projection_head,
             normalize_embedding=config.normalize_embedding) if config.is_contrastive else None
@@ -440,7 +443,7 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str, Any] | None, config: Config,
-               splits: DatasetSplits, networks: _Networks, val_set: Dataset, context: RunContext,
+               splits: DatasetSplits, networks: _Networks, val_set: TransformedDataset, context: RunContext,
                on_step: Callable[[int], None] | None) -> dict[str, Any]:
     """Train one stage from `start_epoch`; report and checkpoint every epoch."""
     linear = stage == "linear"
@@ -448,7 +451,7 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
     global_batch = config.linear_batch_size if linear else config.batch_size
     local_batch = global_batch // context.world_size
     policy = config.linear_augmentation if linear else config.augmentation
-    augment_args = dict(image_size=splits.image_size, mean=splits.mean, std=splits.std,
+    augment_args: dict[str, Any] = dict(image_size=splits.image_size, mean=splits.mean, std=splits.std,
                         autoaugment_policy=default_autoaugment_policy(splits.image_size),
                         randaugment_n=config.randaugment_n, randaugment_m=config.randaugment_m)
     views = config.n_views if stage == "contrastive" else 1
@@ -456,7 +459,7 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
     if resolve_data_pipeline(config.data_pipeline, context.device) == "device":
         # The loader only decodes; each batch is augmented on the training device (study/batched_augment.py).
         augment = build_batch_augment(policy, device=context.device, **augment_args)
-        train_set: Dataset = DecodedDataset(splits.train)
+        train_set: SizedDataset = DecodedDataset(splits.train)
         collate = collate_decoded
     elif stage == "contrastive":
         train_set = MultiViewDataset(splits.train, build_train_transform(policy, **augment_args), views)
@@ -476,6 +479,7 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
         schedule_name, warmup = config.linear_schedule, 0
     else:
         network = networks.contrastive if stage == "contrastive" else networks.classifier
+        assert network is not None  # a contrastive stage runs only for the methods that build that network
         trained = context.prepare_model(network)
         optimizer = build_optimizer(config.optimizer, trained, lr=config.scaled_lr(config.lr, global_batch),
                                     momentum=config.momentum, nesterov=config.nesterov,
@@ -569,6 +573,7 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
             if memory is not None:  # MoCo's order: this batch's keys join the queue, then the momentum update
                 _synchronize(context.device)
                 memory_started = time.perf_counter()
+                assert keys is not None  # step_loss embeds the keys whenever there is a memory
                 memory.enqueue(keys, labels)
                 memory.update(unwrap(trained))
                 _synchronize(context.device)
@@ -589,7 +594,9 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
         if stage == "contrastive":
             bank = Subset(splits.train, range(min(len(splits.train), KNN_MAX_TRAIN)))
             eval_transform = val_set.transform
-            val_top1, val_top5 = knn_accuracy(unwrap(trained).encoder, TransformedDataset(bank, eval_transform),
+            encoder = unwrap(trained).encoder
+            assert isinstance(encoder, nn.Module)  # the contrastive network's encoder (an attribute, typed loosely)
+            val_top1, val_top5 = knn_accuracy(encoder, TransformedDataset(bank, eval_transform),
                                               val_set, splits.num_classes, config, context)
         else:
             networks.classifier.to(context.device)
