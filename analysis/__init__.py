@@ -46,11 +46,17 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-if TYPE_CHECKING:  # what IDEs and type checkers see
-    from analysis.report import build_report, load_study
-    from analysis.robustness import corruption_summary, severity_table
-    from analysis.stability import (best_top1, hyperparameter_importance, spread_difference, stability_table,
-                                    stability_trials, status_counts)
+if TYPE_CHECKING:  # what IDEs and type checkers see; `name as name` marks an explicit re-export
+    from analysis.report import build_report as build_report
+    from analysis.report import load_study as load_study
+    from analysis.robustness import corruption_summary as corruption_summary
+    from analysis.robustness import severity_table as severity_table
+    from analysis.stability import best_top1 as best_top1
+    from analysis.stability import hyperparameter_importance as hyperparameter_importance
+    from analysis.stability import spread_difference as spread_difference
+    from analysis.stability import stability_table as stability_table
+    from analysis.stability import stability_trials as stability_trials
+    from analysis.stability import status_counts as status_counts
 
 
 def __getattr__(name: str) -> Any:

@@ -12,9 +12,10 @@ import html
 import json
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -198,7 +199,7 @@ def _html_table(frame: pd.DataFrame, caption: str, collapsible: tuple[str, ...])
     whole = _whole_columns(frame)
     for row in frame.itertuples(index=False):
         cells = []
-        for column, value in zip(frame.columns, row):
+        for column, value in zip(frame.columns, row, strict=True):
             text = format_cell(value, column in whole)
             if column in collapsible and text != "–":
                 cells.append(f'<td class="long"><details><summary>show</summary><pre>{e(text)}</pre></details></td>')
@@ -225,6 +226,6 @@ def _md_table(frame: pd.DataFrame) -> str:
     whole = _whole_columns(frame)
     header = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
     rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(frame[c]) else "---" for c in frame.columns) + "|"
-    rows = ["| " + " | ".join(cell(v, c in whole) for c, v in zip(frame.columns, row)) + " |"
+    rows = ["| " + " | ".join(cell(v, c in whole) for c, v in zip(frame.columns, row, strict=True)) + " |"
             for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *rows])

@@ -19,7 +19,7 @@ No Ray, no torch: runs on a laptop from a copied results folder.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -251,7 +251,9 @@ def _severity_sums(
         rows = table[table["model"] == model]
         clean = rows.loc[rows["corruption"] == CLEAN, "error"]
         if clean.empty:
-            raise ValueError(f"model {model!r} has no clean row (corruption 'clean', severity 0); relative mCE needs it")
+            raise ValueError(
+                f"model {model!r} has no clean row (corruption 'clean', severity 0); relative mCE needs it"
+            )
         cleans[model] = float(clean.iloc[0])
         sums[model] = {}
         for name in corruptions:
@@ -296,7 +298,7 @@ def _model_methods(robustness: pd.DataFrame) -> dict[str, str]:
     if "method" not in robustness.columns:
         return {}
     pairs = robustness[["model", "method"]].drop_duplicates("model")
-    return dict(zip(pairs["model"].astype(str), pairs["method"].astype(str)))
+    return dict(zip(pairs["model"].astype(str), pairs["method"].astype(str), strict=True))
 
 
 def _by_model(frame: pd.DataFrame) -> pd.DataFrame:

@@ -59,8 +59,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -73,6 +74,8 @@ DESIGN_FAMILIES = (GRID, SEARCH)
 # Classes of the named datasets, for chance accuracy when a config does not carry `num_classes`.
 DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
 METHOD_NAMES = {"supcon": "SupCon", "ce": "cross-entropy", "simclr": "SimCLR"}
+# The settings of one cell: groups[k] holds setting k's per-seed values (a list or a 1-D array).
+SeedGroups = Sequence[Sequence[float] | np.ndarray]
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -124,7 +127,7 @@ def _config_of(row_config: object) -> dict:
     return {}
 
 
-def _find_key(mapping: dict, key: str, depth: int = 3) -> object:
+def _find_key(mapping: dict, key: str, depth: int = 3) -> Any:
     """`mapping[key]`, or the first value of `key` in nested mappings (a searched trial's config nests the
     fixed settings), or None."""
     if key in mapping:
@@ -145,7 +148,8 @@ def trial_num_classes(results: pd.DataFrame, num_classes: int | None = None) -> 
         if not (isinstance(num_classes, (int, np.integer)) and num_classes >= 2):
             raise ValueError(f"num_classes={num_classes!r} is invalid; allowed: an integer >= 2")
         return pd.Series(float(num_classes), index=results.index)
-    configs = results["config"] if "config" in results.columns else pd.Series([None] * len(results), index=results.index)
+    configs = (results["config"] if "config" in results.columns
+               else pd.Series([None] * len(results), index=results.index))
     values = []
     for config in configs:
         parsed = _config_of(config)
@@ -234,11 +238,11 @@ def stability_trials(
     if out.empty:
         return _empty_trials()
     settings, values, setting_keys = {}, {}, {}
-    for (family, method), group in out.groupby(["family", "method"], sort=False):
+    for (family, _method), group in out.groupby(["family", "method"], sort=False):
         # Label a setting by what varies within this family and method only.
         member_keys = [keys[i] for i in group["row"]]
         varying = [j for j in range(len(columns)) if len({k[j] for k in member_keys}) > 1]
-        for index, i in zip(group.index, group["row"]):
+        for index, i in zip(group.index, group["row"], strict=True):
             setting_keys[index] = keys[i]
             if family in columns:
                 settings[index], values[index] = keys[i][columns.index(family)], hyper.at[i, family]
@@ -266,7 +270,7 @@ def stability_trials(
     out["top1"] = top1
     out["val_top1"] = val
     reason = []
-    for state, value, is_div in zip(out["status"], raw, out["diverged"]):
+    for state, value, is_div in zip(out["status"], raw, out["diverged"], strict=True):
         if state == "completed":
             reason.append("" if np.isfinite(value) else "no " + metric)
         elif is_div:
@@ -283,7 +287,8 @@ def stability_trials(
     out["_own"] = [varied[i] != BASE for i in out["row"]]
     out = out.sort_values(["family", "method", "_own"], ascending=[True, True, False], kind="stable")
     seeds = out["seed"].astype(str)
-    duplicate = pd.Series(list(zip(out["family"], out["method"], out["_key"], seeds)), index=out.index).duplicated()
+    keys = list(zip(out["family"], out["method"], out["_key"], seeds, strict=True))
+    duplicate = pd.Series(keys, index=out.index).duplicated()
     out = out.loc[~duplicate].sort_values(["family", "method", "row"], kind="stable")
     return out.drop(columns=["_own", "_key"]).reset_index(drop=True)
 
@@ -444,7 +449,7 @@ def _noise_scales(df: float, n_boot: int, rng: np.random.Generator) -> np.ndarra
     return np.sqrt(df / rng.chisquare(df, n_boot)) if math.isfinite(df) else np.ones(n_boot)
 
 
-def _cell(groups: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray, int, float] | None:
+def _cell(groups: SeedGroups) -> tuple[np.ndarray, np.ndarray, int, float] | None:
     """(setting means, seeds per setting, within-setting df, pooled seed-noise sd) of one cell, or None
     when there is nothing to go on: fewer than 2 settings, or no setting with 2 seeds."""
     arrays = [np.asarray(g, dtype=float).ravel() for g in groups]
@@ -470,7 +475,7 @@ def _spread_draws(cell: tuple[np.ndarray, np.ndarray, int, float], scales: np.nd
 
 
 def spread_confidence(
-    groups: Sequence[Sequence[float]],
+    groups: SeedGroups,
     *,
     n_boot: int = 2000,
     rng: np.random.Generator | int | None = None,
@@ -488,7 +493,7 @@ def spread_confidence(
 
 
 def spread_intervals(
-    groups: Sequence[Sequence[float]],
+    groups: SeedGroups,
     confidence: float = 0.95,
     *,
     n_boot: int = 2000,
@@ -502,8 +507,8 @@ def spread_intervals(
 
 
 def difference_intervals(
-    first: Sequence[Sequence[float]],
-    second: Sequence[Sequence[float]],
+    first: SeedGroups,
+    second: SeedGroups,
     confidence: float = 0.95,
     *,
     n_boot: int = 2000,
@@ -518,14 +523,15 @@ def difference_intervals(
     NaN when either cell has nothing to go on."""
     _check_confidence(confidence)
     _check_boot(n_boot)
-    cells = _cell(first), _cell(second)
-    if cells[0] is None or cells[1] is None:
+    first_cell, second_cell = _cell(first), _cell(second)
+    if first_cell is None or second_cell is None:
         return dict.fromkeys(SPREAD_STATISTICS, (math.nan, math.nan))
+    cells = first_cell, second_cell
     rng = np.random.default_rng(rng)
     # Variance of a setting mean from seed noise, per cell, and its Satterthwaite degrees of freedom.
     parts = [sigma * sigma * float(np.mean(1.0 / sizes)) for _, sizes, _, sigma in cells]
     total = sum(parts)
-    df = (total * total / sum(p * p / cell[2] for p, cell in zip(parts, cells))) if total > 0 else math.inf
+    df = (total * total / sum(p * p / cell[2] for p, cell in zip(parts, cells, strict=True))) if total > 0 else math.inf
     scales = _noise_scales(df, n_boot, rng)
     draws = [_spread_draws(cell, scales, rng) for cell in cells]
     tail = (1 - confidence) / 2
@@ -540,15 +546,15 @@ def difference_intervals(
 def mean_interval(values: Sequence[float], confidence: float) -> tuple[float, float]:
     """Student-t interval for the true mean of one setting from its seeds (NaN with fewer than 2)."""
     _check_confidence(confidence)
-    values = np.asarray(values, dtype=float).ravel()
-    if not np.isfinite(values).all():
+    seeds = np.asarray(values, dtype=float).ravel()
+    if not np.isfinite(seeds).all():
         raise ValueError("values must be finite; got NaN or inf")
-    if len(values) < 2:
+    if len(seeds) < 2:
         return math.nan, math.nan
     from scipy import stats  # a dependency of scikit-learn; imported here to keep the module light
 
-    half = float(stats.t.ppf((1 + confidence) / 2, len(values) - 1)) * values.std(ddof=1) / math.sqrt(len(values))
-    return float(values.mean() - half), float(values.mean() + half)
+    half = float(stats.t.ppf((1 + confidence) / 2, len(seeds) - 1)) * seeds.std(ddof=1) / math.sqrt(len(seeds))
+    return float(seeds.mean() - half), float(seeds.mean() + half)
 
 
 def _check_confidence(confidence: float) -> None:
@@ -736,7 +742,7 @@ def best_top1(
         ids = group.drop_duplicates("row")
         combos = hyper.iloc[ids["row"].to_numpy()] if len(hyper.columns) else None
         labels = (["all"] * len(ids) if combos is None else
-                  [", ".join(f"{c}={format_value(v)}" for c, v in zip(hyper.columns, row))
+                  [", ".join(f"{c}={format_value(v)}" for c, v in zip(hyper.columns, row, strict=True))
                    for row in combos.itertuples(index=False)])
         ids = ids.assign(setting=labels)
         ids = ids.loc[~ids[["setting", "seed"]].astype(str).duplicated()]
@@ -747,7 +753,7 @@ def best_top1(
         else:
             best_label, selected_by = stats["top1"].idxmax(), metric
         values = ids.loc[ids["setting"] == best_label, "top1"].to_numpy(dtype=float)
-        ci = (math.nan, math.nan)
+        ci: tuple[float, ...] = (math.nan, math.nan)
         if len(values) >= 2:  # top-1 is a percentage: the interval stays within [0, 100]
             ci = tuple(min(max(x, 0.0), 100.0) for x in mean_interval(values, confidence))
         rows.append({

@@ -55,12 +55,19 @@ _LAZY = {
 
 __all__ = ["Config", "ConfigError", *_LAZY]
 
-if TYPE_CHECKING:  # what IDEs and type checkers see
-    from study.launch import run_training
-    from study.robustness import run_robustness, study_checkpoints
-    from study.spaces import StudySpace, list_spaces, load_space
-    from study.sweep import SweepOptions, SweepPlan, collect, plan, run_sweep
-    from study.train import LocalContext
+if TYPE_CHECKING:  # what IDEs and type checkers see; `name as name` marks an explicit re-export
+    from study.launch import run_training as run_training
+    from study.robustness import run_robustness as run_robustness
+    from study.robustness import study_checkpoints as study_checkpoints
+    from study.spaces import StudySpace as StudySpace
+    from study.spaces import list_spaces as list_spaces
+    from study.spaces import load_space as load_space
+    from study.sweep import SweepOptions as SweepOptions
+    from study.sweep import SweepPlan as SweepPlan
+    from study.sweep import collect as collect
+    from study.sweep import plan as plan
+    from study.sweep import run_sweep as run_sweep
+    from study.train import LocalContext as LocalContext
 
 
 def __getattr__(name: str) -> Any:

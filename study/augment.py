@@ -42,13 +42,12 @@ whose intra-op threads make them 10-30x slower when the cores are busy (see `Ran
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import AutoAugmentPolicy
-from torchvision.transforms import v2
+from torchvision.transforms import AutoAugmentPolicy, v2
 
 from study.config import AUGMENTATIONS, RANDAUGMENT_MAX_MAGNITUDE
 

@@ -41,7 +41,7 @@ Where the batched path differs from the per-image path (listed in FIDELITY.md):
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import kornia.augmentation as K
 import kornia.enhance
@@ -52,6 +52,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from study.augment import (
+    _AUTOAUGMENT_POLICY,
     AUTOAUGMENT_POLICIES,
     BLUR_P,
     BLUR_SIGMA,
@@ -62,7 +63,6 @@ from study.augment import (
     LARGE_CROP_AREA,
     RANDAUGMENT_FILL,
     SMALL_CROP_AREA,
-    _AUTOAUGMENT_POLICY,
     blur_kernel_size,
     is_small,
 )
@@ -89,6 +89,10 @@ class BatchAugment(nn.Module):
     [3, H_i, W_i] images of different sizes) -> normalised float32 [B, 3, S, S] on this module's device.
 
     `views(images, n)` returns n independent augmentations of each image, [B, n, 3, S, S]."""
+
+    mean: torch.Tensor  # buffers [1, 3, 1, 1], registered in __init__
+    std: torch.Tensor
+    crop: K.RandomCrop | K.RandomResizedCrop
 
     def __init__(
         self,
@@ -117,7 +121,8 @@ class BatchAugment(nn.Module):
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"invalid mean={tuple(mean)!r} / std={tuple(std)!r}; allowed: 3 numbers each, std > 0")
         self.policy, self.image_size = policy, image_size
-        self.autoaugment_policy, self.randaugment_n, self.randaugment_m = autoaugment_policy, randaugment_n, randaugment_m
+        self.autoaugment_policy = autoaugment_policy
+        self.randaugment_n, self.randaugment_m = randaugment_n, randaugment_m
         size = (image_size, image_size)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -174,6 +179,7 @@ class BatchAugment(nn.Module):
             elif step == "randaugment":
                 x = _randaugment(x, self.randaugment_n, self.randaugment_m)
             else:
+                assert isinstance(step, nn.Module)  # the strings are the two op-table policies above
                 x = step(x)
         return (x - self.mean) / self.std
 
@@ -195,7 +201,8 @@ class BatchAugment(nn.Module):
         return self.crop(x)
 
     def extra_repr(self) -> str:
-        return (f"policy={self.policy!r}, image_size={self.image_size}, autoaugment_policy={self.autoaugment_policy!r}, "
+        return (f"policy={self.policy!r}, image_size={self.image_size}, "
+                f"autoaugment_policy={self.autoaugment_policy!r}, "
                 f"randaugment_n={self.randaugment_n}, randaugment_m={self.randaugment_m}")
 
 
@@ -219,7 +226,7 @@ def _crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tenso
     size x size (bilinear, antialiased, half-pixel centres as torchvision): float [B, 3, size, size] in [0, 1]."""
     corners = boxes.round().long().tolist()
     crops = []
-    for image, ((left, top), _, (right, bottom), _) in zip(x, corners):
+    for image, ((left, top), _, (right, bottom), _) in zip(x, corners, strict=True):
         crop = image[None, :, top : bottom + 1, left : right + 1]
         if crop.dtype == torch.uint8 and crop.device.type != "cpu":  # uint8 resizing is a CPU kernel
             crop = crop.float()
@@ -290,7 +297,9 @@ def _autoaugment_policies(policy: str) -> list:
     return v2.AutoAugment(_AUTOAUGMENT_POLICY[policy])._policies
 
 
-def _apply_op(x: torch.Tensor, chosen: torch.Tensor, name: str, magnitude: torch.Tensor, *, fill: float) -> torch.Tensor:
+def _apply_op(
+    x: torch.Tensor, chosen: torch.Tensor, name: str, magnitude: torch.Tensor, *, fill: float
+) -> torch.Tensor:
     """Apply op `name` of torchvision's AutoAugment/RandAugment tables to the samples `chosen` (a CPU bool
     mask), each with its own `magnitude` (CPU float tensor)."""
     if name == "Identity":

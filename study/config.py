@@ -18,9 +18,10 @@ import numbers
 import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, TypeGuard
 
 import yaml
 
@@ -148,7 +149,7 @@ class Config:
         self.validate(source=_SOURCE.get())
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], *, source: str = "config") -> "Config":
+    def from_dict(cls, values: Mapping[str, Any], *, source: str = "config") -> Config:
         """Build a validated config from a mapping. `source` names where the values came from (a file, a
         space) and prefixes every error message."""
         if not isinstance(values, Mapping):
@@ -169,7 +170,7 @@ class Config:
             _SOURCE.reset(token)
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> "Config":
+    def from_yaml(cls, path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> Config:
         """Load a YAML file of config fields (safe loader), apply `overrides`, validate."""
         path = Path(path)
         if not path.is_file():
@@ -182,7 +183,7 @@ class Config:
             raise ConfigError(f"{path}: expected a mapping of config fields, got {type(values).__name__}")
         return cls.from_dict({**values, **(overrides or {})}, source=str(path))
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         """A validated copy with some fields changed."""
         return Config.from_dict({**self.to_dict(), **changes})
 
@@ -303,6 +304,16 @@ class Config:
         return base_lr * batch_size / 256
 
 
+def is_integer(value: object) -> TypeGuard[int]:
+    """An integer, Python's or numpy's, but not a bool (a flag is never a count)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value: object) -> TypeGuard[float]:
+    """A real number (integers and numpy scalars included), but not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 @functools.cache
 def _field_hints() -> dict[str, Any]:
     return typing.get_type_hints(Config)
@@ -331,9 +342,9 @@ def _expected_type(value: Any, hint: Any) -> str | None:
     if hint is bool:
         ok = isinstance(value, bool)
     elif hint is int:
-        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        ok = is_integer(value)
     elif hint is float:
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        ok = is_real(value)
     elif hint is str:
         ok = isinstance(value, str)
     else:  # pragma: no cover - every field is covered above
@@ -365,7 +376,7 @@ def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
         if isinstance(value, numbers.Integral):
             return int(value)
         if isinstance(value, numbers.Real) and float(value).is_integer():
-            return int(value)
+            return math.trunc(value)  # integral by the test above; exact also beyond 2**53
         if isinstance(value, str):
             try:
                 return int(value)

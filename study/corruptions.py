@@ -43,8 +43,9 @@ released CIFAR-10-C/100-C. This module adds what a study needs around the corrup
   into NaN, i.e. black once cast to uint8; such images come back unspattered instead (both profiles);
 - speed: frost textures are read from disk and rescaled once per process instead of once per image
   (bit-identical to the library, about 10x faster at 32 px), and zoom_blur zooms channels as 2-D images
-  (bit-identical, 2x faster; it is the slowest corruption, about 1/4 of all the work at 224 px). The rest loops over images: the library's
-  functions are per image and their numeric work dominates (batching brightness over N gave no speed-up).
+  (bit-identical, 2x faster; it is the slowest corruption, about 1/4 of all the work at 224 px). The rest loops
+  over images: the library's functions are per image and their numeric work dominates (batching brightness
+  over N gave no speed-up).
   The `cifar` zoom_blur zooms each distinct (crop size, output size) once per image: scipy's zoom depends
   on the factor only through the output size, so factors sharing both give the same layer (bit-identical,
   and it makes up for the script's denser factors: 82 zooms over the five severities vs ImageNet-C's 63).
@@ -53,18 +54,16 @@ Note on scale: the `imagenet` profile on 32-px or 16-px images is much harsher t
 CIFAR-10-C (whose constants are the `cifar` profile), so errors on such sets are comparable only with each
 other. Constants that are absolute in pixels (blur radii, elastic displacement, frost texture scale) are
 relatively much stronger on tiny images (also the `cifar` ones on 16-px digits, made for 32 px); noise,
-brightness, contrast, saturate, pixelate and JPEG act per pixel and are resolution-independent. numba's internal RNG (glass_blur) is
-left seeded by the last image; nothing else outside numpy's global RNG is touched. Not thread-safe: numpy's
-global RNG is process-wide (each Ray task runs in its own worker process).
+brightness, contrast, saturate, pixelate and JPEG act per pixel and are resolution-independent. numba's
+internal RNG (glass_blur) is left seeded by the last image; nothing else outside numpy's global RNG is
+touched. Not thread-safe: numpy's global RNG is process-wide (each Ray task runs in its own worker process).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.resources
-import numbers
 import zlib
-
 from io import BytesIO
 
 import cv2
@@ -78,6 +77,7 @@ from skimage.color import hsv2rgb, rgb2hsv
 from skimage.filters import gaussian
 from skimage.util import random_noise
 
+from study.config import is_integer
 from study.tables import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, CORRUPTION_GROUPS, HELD_OUT_CORRUPTIONS, SEVERITIES
 
 __all__ = [
@@ -218,7 +218,9 @@ def default_profile(height: int, width: int) -> str:
 def check_profile(profile: object) -> None:
     """ValueError naming the allowed values unless `profile` is None or one of `PROFILES`."""
     if profile is not None and profile not in PROFILES:
-        raise ValueError(f"unknown corruption profile {profile!r}; allowed: {', '.join(PROFILES)} (or None: by image size)")
+        raise ValueError(
+            f"unknown corruption profile {profile!r}; allowed: {', '.join(PROFILES)} (or None: by image size)"
+        )
 
 
 def corrupt(
@@ -249,7 +251,7 @@ def corrupt(
     check_profile(profile)
     check_images(images)
     for label, value in (("seed", seed), ("start_index", start_index)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        if not (is_integer(value) and value >= 0):
             raise ValueError(f"invalid {label}={value!r}; allowed: an integer >= 0")
     severity = int(severity)
     if profile is None:
@@ -339,7 +341,7 @@ def _frost(image: np.ndarray, severity: int) -> np.ndarray:
     return np.clip(image_weight * image + frost_weight * crop, 0, 255)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _frost_texture(index: int) -> np.ndarray:
     reference = importlib.resources.files("imagecorruptions") / "frost" / _FROST_FILES[index]
     with importlib.resources.as_file(reference) as path:
@@ -538,28 +540,30 @@ def _cifar_elastic_transform(x: np.ndarray, c: tuple, seed: int) -> np.ndarray:
     are fractions of the image size."""
     size = min(x.shape[:2])  # the script's IMSIZE
     alpha, sigma, affine = (fraction * size for fraction in c)
-    image = x.astype(np.float32) / 255.0
+    image: np.ndarray = x.astype(np.float32) / 255.0  # then cv2's warped copy
     height, width = image.shape[:2]
-    centre = np.float32((height, width)) // 2
+    centre = np.array((height, width), dtype=np.float32) // 2
     step = size // 3
-    anchors = np.float32([centre + step, [centre[0] + step, centre[1] - step], centre - step])
+    anchors = np.array([centre + step, [centre[0] + step, centre[1] - step], centre - step], dtype=np.float32)
     moved = anchors + np.random.uniform(-affine, affine, size=anchors.shape).astype(np.float32)
     warp = cv2.getAffineTransform(anchors, moved)
     image = cv2.warpAffine(image, warp, (width, height), borderMode=cv2.BORDER_REFLECT_101)
     shifts = [
-        (gaussian(np.random.uniform(-1, 1, size=(height, width)), sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)
+        (gaussian(np.random.uniform(-1, 1, size=(height, width)), sigma, mode="reflect", truncate=3) * alpha)
+        .astype(np.float32)
         for _ in range(2)
     ]  # first the row displacement, then the column one
     rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
     coordinates = [(rows + shifts[0]).reshape(-1), (cols + shifts[1]).reshape(-1)]
-    warped = [map_coordinates(image[..., k], coordinates, order=1, mode="reflect").reshape(height, width) for k in range(3)]
+    warped = [map_coordinates(image[..., k], coordinates, order=1, mode="reflect").reshape(height, width)
+              for k in range(3)]
     return np.clip(np.stack(warped, axis=-1), 0, 1) * 255
 
 
 def _cifar_pixelate(x: np.ndarray, c: float, seed: int) -> np.ndarray:
     height, width = x.shape[:2]
-    small = Image.fromarray(x).resize((int(width * c), int(height * c)), Image.BOX)
-    return np.asarray(small.resize((width, height), Image.BOX))  # box up, not nearest as ImageNet-C
+    small = Image.fromarray(x).resize((int(width * c), int(height * c)), Image.Resampling.BOX)
+    return np.asarray(small.resize((width, height), Image.Resampling.BOX))  # box up, not nearest as ImageNet-C
 
 
 def _cifar_jpeg_compression(x: np.ndarray, c: int, seed: int) -> np.ndarray:
@@ -590,12 +594,12 @@ def _cifar_spatter(x: np.ndarray, c: tuple, seed: int) -> np.ndarray:
         if peak == 0:
             return x * 255
         shade = (shade / peak * intensity)[..., np.newaxis]
-        water = np.float32(_CIFAR_SPATTER_WATER) / 255.0
+        water = np.array(_CIFAR_SPATTER_WATER, dtype=np.float32) / 255.0
         return np.clip(x + shade * water, 0, 1) * 255
     cover = gaussian(np.where(liquid > threshold, 1, 0).astype(np.float32), sigma=intensity)
     cover[cover < 0.8] = 0  # make_cifar_c.py:319
     cover = cover[..., np.newaxis]
-    mud_colour = np.float32(_CIFAR_SPATTER_MUD) / 255.0
+    mud_colour = np.array(_CIFAR_SPATTER_MUD, dtype=np.float32) / 255.0
     return np.clip(x * (1 - cover) + mud_colour * cover, 0, 1) * 255
 
 
@@ -610,7 +614,7 @@ def _check_name(name: object) -> None:
 
 
 def _check_severity(severity: object) -> None:
-    if isinstance(severity, bool) or not isinstance(severity, numbers.Integral) or not 1 <= severity <= 5:
+    if not (is_integer(severity) and 1 <= severity <= 5):
         raise ValueError(f"invalid severity {severity!r}; allowed: an integer 1-5")
 
 

@@ -15,11 +15,11 @@ centre-crops), so that ImageNet-sized folders are never decoded or held in memor
 from __future__ import annotations
 
 import functools
-import numbers
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from study.augment import eval_geometry
+from study.config import is_real
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder:PATH")
 NATIVE_IMAGE_SIZE = {"digits": 16, "cifar10": 32, "cifar100": 32, "imagefolder": 224}
@@ -48,9 +49,9 @@ _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".
 class DatasetSplits:
     """The three splits of a dataset and what models and transforms need to know about it."""
 
-    train: Dataset
-    val: Dataset
-    test: Dataset
+    train: ArrayImageDataset | ImageFileDataset
+    val: ArrayImageDataset | ImageFileDataset
+    test: ArrayImageDataset | ImageFileDataset
     num_classes: int
     image_size: int  # the size models see (transforms produce image_size x image_size)
     mean: tuple[float, float, float]
@@ -60,7 +61,24 @@ class DatasetSplits:
 
 
 # ---------------------------------------------------------------------------------------------- datasets
-class ArrayImageDataset(Dataset):
+class SizedDataset(Dataset):
+    """A map-style dataset with a length. torch's `Dataset` leaves `__len__` to subclasses, untyped; the
+    samplers, shards and step counts of training need it."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+
+class ImageSource(Protocol):
+    """What the wrapping datasets below read: a sized dataset of (PIL image, int label), e.g. an
+    `ArrayImageDataset`, an `ImageFileDataset` or a `torch.utils.data.Subset` of one."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]: ...
+
+
+class ArrayImageDataset(SizedDataset):
     """In-memory images: uint8 array [N, H, W, 3] and int64 labels [N] -> (PIL RGB image, int label).
 
     With `image_size` different from H, each image is resized (bilinear) on access, which keeps memory
@@ -83,7 +101,7 @@ class ArrayImageDataset(Dataset):
     def stored_at_image_size(self) -> bool:
         return self.images.shape[1] == self.images.shape[2] == self.image_size
 
-    def subset(self, indices: np.ndarray) -> "ArrayImageDataset":
+    def subset(self, indices: np.ndarray) -> ArrayImageDataset:
         """A new dataset holding a copy of the selected images."""
         return ArrayImageDataset(self.images[indices], self.labels[indices], image_size=self.image_size)
 
@@ -93,11 +111,11 @@ class ArrayImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         image = Image.fromarray(self.images[index])  # uint8 HxWx3 -> RGB
         if not self.stored_at_image_size:
-            image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
+            image = image.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
         return image, int(self.labels[index])
 
 
-class ImageFileDataset(Dataset):
+class ImageFileDataset(SizedDataset):
     """Images on disk: a list of (path, label) -> (PIL RGB image as stored, int label)."""
 
     def __init__(self, samples: Sequence[tuple[str, int]]) -> None:
@@ -107,7 +125,7 @@ class ImageFileDataset(Dataset):
     def targets(self) -> np.ndarray:
         return np.fromiter((label for _, label in self.samples), dtype=np.int64, count=len(self.samples))
 
-    def subset(self, indices: np.ndarray) -> "ImageFileDataset":
+    def subset(self, indices: np.ndarray) -> ImageFileDataset:
         return ImageFileDataset([self.samples[i] for i in indices])
 
     def __len__(self) -> int:
@@ -119,10 +137,10 @@ class ImageFileDataset(Dataset):
             return image.convert("RGB"), label
 
 
-class TransformedDataset(Dataset):
+class TransformedDataset(SizedDataset):
     """`base` (yielding (PIL image, label)) with `transform` applied: -> (tensor [3, H, W], label)."""
 
-    def __init__(self, base: Dataset, transform: Callable[[Image.Image], torch.Tensor]) -> None:
+    def __init__(self, base: ImageSource, transform: Callable[[Image.Image], torch.Tensor]) -> None:
         self.base = base
         self.transform = transform
 
@@ -134,14 +152,14 @@ class TransformedDataset(Dataset):
         return self.transform(image), label
 
 
-class DecodedDataset(Dataset):
+class DecodedDataset(SizedDataset):
     """`base` (yielding (PIL image, label)) decoded only: -> (uint8 tensor [3, H, W], label), for the device
     pipeline (`study.batched_augment`), which augments whole batches on the training device. No random
     transform and no resize beyond `base`'s own (an `ArrayImageDataset` not stored at its image size resizes
     to it, as the per-image path sees it; image files stay at their stored size, so the random-resized crop
     sees the full image). Batch with `collate_decoded`."""
 
-    def __init__(self, base: Dataset) -> None:
+    def __init__(self, base: ImageSource) -> None:
         self.base = base
 
     def __len__(self) -> int:
@@ -162,12 +180,12 @@ def collate_decoded(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor
     return images, labels
 
 
-class MultiViewDataset(Dataset):
+class MultiViewDataset(SizedDataset):
     """`n_views` independently augmented views of each image: -> (tensor [V, 3, H, W], label).
 
     A batch from a DataLoader is then [B, V, 3, H, W], the paper's "multiviewed batch"."""
 
-    def __init__(self, base: Dataset, transform: Callable[[Image.Image], torch.Tensor], n_views: int = 2) -> None:
+    def __init__(self, base: ImageSource, transform: Callable[[Image.Image], torch.Tensor], n_views: int = 2) -> None:
         if not isinstance(n_views, int) or n_views < 1:
             raise ValueError(f"invalid n_views={n_views!r}; allowed: an integer >= 1")
         self.base = base
@@ -223,7 +241,7 @@ def load_dataset(
 
 
 def _check_train_fraction(fraction: float) -> None:
-    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
+    if not (is_real(fraction) and 0 < fraction <= 1):
         raise ValueError(f"invalid train_fraction={fraction!r}; allowed: a number in (0, 1]")
 
 
@@ -248,7 +266,7 @@ def stratified_split(
             shortfall -= 1
     rng = np.random.default_rng(seed)
     held_out = []
-    for c, n_held in zip(classes, held):
+    for c, n_held in zip(classes, held, strict=True):
         members = np.flatnonzero(labels == c)
         held_out.append(rng.permutation(members)[:n_held])
     held_out_indices = np.sort(np.concatenate(held_out)) if held_out else np.empty(0, np.int64)
@@ -284,7 +302,7 @@ def stratified_order(labels: Sequence[int] | np.ndarray, *, seed: int) -> np.nda
     classes = np.unique(labels)
     class_rank = rng.permutation(len(classes))
     positions, ranks, members_in_order = [], [], []
-    for c, rank in zip(classes, class_rank):
+    for c, rank in zip(classes, class_rank, strict=True):
         members = rng.permutation(np.flatnonzero(labels == c))
         quantiles = (np.arange(len(members)) + 0.5) / len(members)
         quantiles[0] = 0.0
@@ -297,7 +315,7 @@ def stratified_order(labels: Sequence[int] | np.ndarray, *, seed: int) -> np.nda
     return np.concatenate(members_in_order)[order].astype(np.int64)
 
 
-def dataset_to_arrays(dataset: Dataset, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def dataset_to_arrays(dataset: ImageSource, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """All images of a split as (uint8 [N, S, S, 3], int64 [N]) at `image_size`, with the evaluation
     geometry of `study.augment.eval_geometry` (for images that are not already S x S). Used to corrupt
     test images (robustness); classify them with `study.augment.build_normalize_transform`."""
@@ -332,7 +350,7 @@ def _render_digits(images: np.ndarray, size: int) -> np.ndarray:
     camera would see them, rather than nearest-neighbour blocks)."""
     out = np.empty((len(images), size, size), dtype=np.uint8)
     for i, image in enumerate(images):
-        out[i] = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+        out[i] = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
     return np.repeat(out[..., None], 3, axis=-1)
 
 
@@ -345,16 +363,17 @@ def _load_digits(image_size: int, val_fraction: float, seed: int) -> DatasetSpli
     full = ArrayImageDataset(_render_digits(images8, stored_size), labels, image_size=image_size)
     # Normalisation statistics from the non-test images at the native size: independent of the seed.
     native = _render_digits(images8[pool], NATIVE_IMAGE_SIZE["digits"]).astype(np.float64) / 255.0
-    mean = tuple(float(m) for m in native.mean(axis=(0, 1, 2)))
-    std = tuple(float(s) for s in native.std(axis=(0, 1, 2)))
+    mean_rgb, std_rgb = native.mean(axis=(0, 1, 2)), native.std(axis=(0, 1, 2))
+    mean = (float(mean_rgb[0]), float(mean_rgb[1]), float(mean_rgb[2]))
+    std = (float(std_rgb[0]), float(std_rgb[1]), float(std_rgb[2]))
     return DatasetSplits(
         train=full.subset(train),
         val=full.subset(val),
         test=full.subset(test),
         num_classes=10,
         image_size=image_size,
-        mean=mean,  # type: ignore[arg-type]
-        std=std,  # type: ignore[arg-type]
+        mean=mean,
+        std=std,
         name="digits",
         class_names=[str(d) for d in range(10)],
     )

@@ -7,7 +7,7 @@ ECE uses 15 equal-width confidence bins (Guo et al. 2017); on CUDA the forward p
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -106,7 +106,8 @@ def _resize_center_crop(pixels: torch.Tensor, size: int) -> torch.Tensor:
 
     height, width = pixels.shape[-2:]
     scale = size / min(height, width)
-    resized = v2.functional.resize(pixels, [max(size, round(height * scale)), max(size, round(width * scale))], antialias=True)
+    target = [max(size, round(height * scale)), max(size, round(width * scale))]
+    resized = v2.functional.resize(pixels, target, antialias=True)
     return v2.functional.center_crop(resized, [size, size])
 
 

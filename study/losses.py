@@ -18,7 +18,7 @@ that matrix to `[chunk_size, contrast]` and recomputes it in backward (activatio
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -42,7 +42,7 @@ def _world() -> tuple[int, int]:
 
 class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, tensor: Tensor) -> Tensor:
         world, rank = _world()
         ctx.rank, ctx.rows = rank, tensor.shape[0]
         parts = [torch.empty_like(tensor) for _ in range(world)]
@@ -50,7 +50,7 @@ class _GatherWithGrad(torch.autograd.Function):
         return torch.cat(parts)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> Tensor:
         # Every worker's loss used this worker's slice: its gradient is the sum over workers.
         grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
@@ -162,6 +162,7 @@ class _ContrastTerms(torch.autograd.Function):
             logits.masked_fill_(dropped, fill)
         positive = logits.new_zeros(len(anchors))
         if variant == "in":
+            assert kept is not None  # L_in always has a positives mask (only L_out takes the class-sum path)
             lse = logits.new_empty(len(anchors))
             for rows in _row_blocks(*logits.shape):
                 lse[rows] = logits[rows].logsumexp(1)
@@ -351,8 +352,7 @@ def supcon_loss_with_memory(features: Tensor, keys: Tensor, labels: Tensor | Seq
     is the global loss on every worker; gradients follow DistributedDataParallel's convention, as in
     `supcon_loss`."""
     supervised = labels is not None
-    if supervised and not isinstance(labels, Tensor):
-        labels = torch.as_tensor(labels)
+    labels = None if labels is None else torch.as_tensor(labels)  # a Tensor passes through as is
     _validate(features, labels, temperature, variant, contrast_mode, None, None)
     if not isinstance(keys, Tensor) or keys.shape != features.shape:
         raise ValueError(f"keys must have the shape of features {tuple(features.shape)}, "
@@ -380,7 +380,8 @@ def supcon_loss_with_memory(features: Tensor, keys: Tensor, labels: Tensor | Seq
         contrast = torch.cat([batch_keys, queue_keys.detach().to(device, dtype)])
         # Who is whose positive: labels for SupCon; for SimCLR the global sample index, queue never.
         sample = torch.arange(world * batch, device=device).repeat_interleave(n_views)
-        if supervised:
+        if labels is not None:
+            assert queue_labels is not None  # checked above
             everyone = _gather_no_grad(labels.to(device)) if world > 1 else labels.to(device)
             contrast_class = torch.cat([everyone.repeat_interleave(n_views), queue_labels.to(device)])
         else:

@@ -86,9 +86,9 @@ class KeyMemory:
     def update(self, network: nn.Module) -> None:
         """Move the momentum network towards `network` (parameters: EMA; buffers such as batch-norm
         statistics: copied)."""
-        for key_param, param in zip(self.network.parameters(), network.parameters()):
+        for key_param, param in zip(self.network.parameters(), network.parameters(), strict=True):
             key_param.mul_(self.momentum).add_(param.detach(), alpha=1 - self.momentum)
-        for key_buffer, buffer in zip(self.network.buffers(), network.buffers()):
+        for key_buffer, buffer in zip(self.network.buffers(), network.buffers(), strict=True):
             key_buffer.copy_(buffer)
 
     def state_dict(self) -> dict[str, Any]:

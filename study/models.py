@@ -17,14 +17,14 @@ residual branch zero-initialised so each block starts as the identity (Goyal et 
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.config import MODELS, PROJECTION_HEADS, STEMS
+from study.config import MODELS, PROJECTION_HEADS, STEMS, is_integer, is_real
 
 __all__ = [
     "MODELS",
@@ -154,7 +154,7 @@ class ResNet(nn.Module):
             )
         stages = []
         in_channels = stem_channels
-        for index, (stage_planes, num_blocks) in enumerate(zip(planes, blocks_per_stage)):
+        for index, (stage_planes, num_blocks) in enumerate(zip(planes, blocks_per_stage, strict=True)):
             stride = 1 if index == 0 else 2
             blocks = []
             for block_index in range(num_blocks):
@@ -207,9 +207,9 @@ def build_encoder(name: str, *, width: float = 1.0, stem: str = "auto", image_si
     """
     if name not in _ARCHITECTURES:
         raise ValueError(f"invalid model={name!r}; allowed: {' | '.join(MODELS)}")
-    if isinstance(width, bool) or not isinstance(width, numbers.Real) or not (math.isfinite(width) and width > 0):
+    if not (is_real(width) and math.isfinite(width) and width > 0):
         raise ValueError(f"invalid width={width!r}; allowed: a finite number > 0")
-    if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1:
+    if not (is_integer(image_size) and image_size >= 1):
         raise ValueError(f"invalid image_size={image_size!r}; allowed: an integer >= 1")
     architecture = _ARCHITECTURES[name]
     return ResNet(
@@ -232,7 +232,7 @@ class ProjectionHead(nn.Module):
     def __init__(self, in_dim: int, out_dim: int = 128, kind: str = "mlp") -> None:
         super().__init__()
         for label, value in (("in_dim", in_dim), ("out_dim", out_dim)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            if not (is_integer(value) and value >= 1):
                 raise ValueError(f"invalid {label}={value!r}; allowed: an integer >= 1")
         if kind not in PROJECTION_HEADS:
             raise ValueError(f"invalid kind={kind!r}; allowed: {' | '.join(PROJECTION_HEADS)}")
@@ -264,6 +264,12 @@ def embedding(encoder: nn.Module, x: torch.Tensor, normalize: bool = False) -> t
     return F.normalize(features.float(), dim=1, eps=1e-6) if normalize else features
 
 
+def _output_dim(encoder: nn.Module) -> int:
+    # A plain int attribute of ResNet (also after SyncBatchNorm conversion); nn.Module's __getattr__ would
+    # type it as Tensor | Module.
+    return cast(int, encoder.output_dim)
+
+
 def _check_flag(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"invalid {name}={value!r}; allowed: true | false")
@@ -279,7 +285,7 @@ class ContrastiveNetwork(nn.Module):
                  normalize_embedding: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = ProjectionHead(encoder.output_dim, projection_dim, kind=projection_head)
+        self.head = ProjectionHead(_output_dim(encoder), projection_dim, kind=projection_head)
         self.normalize_embedding = _check_flag("normalize_embedding", normalize_embedding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -294,10 +300,10 @@ class Classifier(nn.Module):
 
     def __init__(self, encoder: nn.Module, num_classes: int, *, normalize_embedding: bool = False) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        if not (is_integer(num_classes) and num_classes >= 1):
             raise ValueError(f"invalid num_classes={num_classes!r}; allowed: an integer >= 1")
         self.encoder = encoder
-        self.fc = nn.Linear(encoder.output_dim, int(num_classes))
+        self.fc = nn.Linear(_output_dim(encoder), int(num_classes))
         self.normalize_embedding = _check_flag("normalize_embedding", normalize_embedding)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,6 @@ whose state is a few numbers, so `scheduler.state_dict()` survives `torch.load(w
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterable
 
 import torch
@@ -41,7 +40,7 @@ from timm.optim import Lars, RMSpropTF
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from study.config import OPTIMIZERS, SCHEDULES
+from study.config import OPTIMIZERS, SCHEDULES, is_integer, is_real
 
 __all__ = [
     "OPTIMIZERS",
@@ -77,6 +76,7 @@ def parameter_groups(module_or_params: nn.Module | Iterable[torch.Tensor], weigh
 
     Empty groups are left out; parameters shared between modules appear once.
     """
+    candidates: Iterable[torch.Tensor]
     if isinstance(module_or_params, nn.Module):
         candidates = module_or_params.parameters()
     elif isinstance(module_or_params, torch.Tensor):
@@ -96,7 +96,9 @@ def parameter_groups(module_or_params: nn.Module | Iterable[torch.Tensor], weigh
         seen.add(id(param))
         (undecayed if param.ndim <= 1 else decayed).append(param)
     if not seen:
-        raise ValueError("invalid module_or_params: no parameter requires grad; allowed: at least one trainable parameter")
+        raise ValueError(
+            "invalid module_or_params: no parameter requires grad; allowed: at least one trainable parameter"
+        )
     groups = [
         {"params": decayed, "weight_decay": float(weight_decay)},
         {"params": undecayed, "weight_decay": 0.0},
@@ -236,15 +238,15 @@ def build_scheduler(
 
 
 def _check_positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+    if not (is_real(value) and math.isfinite(value) and value > 0):
         raise ValueError(f"invalid {name}={value!r}; allowed: a finite number > 0")
 
 
 def _check_non_negative(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value >= 0):
+    if not (is_real(value) and math.isfinite(value) and value >= 0):
         raise ValueError(f"invalid {name}={value!r}; allowed: a finite number >= 0")
 
 
 def _check_count(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    if not (is_integer(value) and value >= minimum):
         raise ValueError(f"invalid {name}={value!r}; allowed: an integer >= {minimum}")

@@ -23,9 +23,10 @@ import itertools
 import math
 import numbers
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Annotated, Any, NamedTuple
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -143,10 +144,13 @@ class Distribution:
         """The equivalent `optuna.distributions` object (what Ray Tune's OptunaSearch takes)."""
         from optuna import distributions
 
-        if self.type == "float":
-            return distributions.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
-        if self.type == "int":
-            return distributions.IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
+        if self.type in ("float", "int"):
+            assert self.low is not None and self.high is not None  # numeric types have both (checked at load)
+            if self.type == "float":
+                return distributions.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+            # an int distribution's bounds and step are ints already (_check_distributions converts them)
+            return distributions.IntDistribution(int(self.low), int(self.high), log=self.log,
+                                                 step=int(self.step or 1))
         return distributions.CategoricalDistribution(list(self.choices))
 
     def edge_values(self) -> list[tuple[str, Any]]:
@@ -323,13 +327,15 @@ class StudySpace:
                     rows.append(_TrialPlan(name, parameter.name, params, {**values, **params}, hyper_names))
         elif parameters:
             for combination in itertools.product(*(options[p.name] for p in parameters)):
-                params: dict[str, Any] = {}
+                params = {}
                 for _, choice_params in combination:
                     clash = set(params) & set(choice_params)
                     if clash:
                         raise self._fail("vary", f"companion fields {sorted(clash)} are set by two varied values")
                     params.update(choice_params)
-                label = "-".join(f"{p.name}={_format_value(v)}" for p, (v, _) in zip(parameters, combination))
+                label = "-".join(
+                    f"{p.name}={_format_value(v)}" for p, (v, _) in zip(parameters, combination, strict=True)
+                )
                 name = f"{method}-{label}"
                 Config.from_dict({**values, **params}, source=f"{self.label}: vary (combination {name})")
                 rows.append(_TrialPlan(name, "grid", params, {**values, **params}, hyper_names))
@@ -377,6 +383,7 @@ class StudySpace:
         self._require_search("make_sampler")
         import optuna.samplers
 
+        assert self.sampler is not None  # every search space names one (TPESampler by default)
         cls = getattr(optuna.samplers, self.sampler)
         kwargs = dict(self.sampler_args)
         if seed is not None and "seed" in inspect.signature(cls).parameters:
@@ -665,7 +672,7 @@ class _Distribution(_Schema):
     methods: Methods | None = None
 
     @model_validator(mode="after")
-    def _fits_type(self) -> "_Distribution":
+    def _fits_type(self) -> _Distribution:
         allowed = DISTRIBUTION_KEYS[self.type]
         extra = sorted(set(self.model_fields_set) - set(allowed))
         if extra:
@@ -705,7 +712,7 @@ class _Scheduler(_Schema):
     ] = 3.0
 
     @model_validator(mode="after")
-    def _none_takes_nothing(self) -> "_Scheduler":
+    def _none_takes_nothing(self) -> _Scheduler:
         extra = sorted(set(self.model_fields_set) - {"type"})
         if self.type == "none" and extra:
             raise _invalid(f"unknown keys {extra} for scheduler none; allowed: type")
@@ -771,7 +778,7 @@ class _SpaceFile(_Schema):
     scheduler: Annotated[_Scheduler, BeforeValidator(_as_scheduler)] = _Scheduler(type="none")
 
     @model_validator(mode="after")
-    def _keys_of_the_design(self) -> "_SpaceFile":
+    def _keys_of_the_design(self) -> _SpaceFile:
         given = self.model_fields_set
         if self.design == "search":
             if "vary" in given:
@@ -973,6 +980,7 @@ def _check_distributions(schema: _SpaceFile, base_configs: Mapping[str, Config],
             distribution = Distribution(name=name, type=spec.type, choices=normalised, methods=restricted)
         else:
             number = int if spec.type == "int" else float
+            assert spec.low is not None and spec.high is not None  # _Distribution requires both for this type
             distribution = Distribution(
                 name=name,
                 type=spec.type,

@@ -13,7 +13,7 @@ them out with every other standard column.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 # ------------------------------------------------------------------------------------------- file names
 STUDY_FILE = "study.json"

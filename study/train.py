@@ -27,9 +27,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -42,7 +43,15 @@ from study.augment import build_eval_transform, build_train_transform, default_a
 from study.batched_augment import build_batch_augment, resolve_data_pipeline
 from study.checkpoint import STATE_FILE, CheckpointError, atomic_save, safe_load, save_classifier, unwrap
 from study.config import Config
-from study.data import DatasetSplits, DecodedDataset, MultiViewDataset, TransformedDataset, collate_decoded, load_dataset
+from study.data import (
+    DatasetSplits,
+    DecodedDataset,
+    MultiViewDataset,
+    SizedDataset,
+    TransformedDataset,
+    collate_decoded,
+    load_dataset,
+)
 from study.losses import supcon_loss, supcon_loss_with_memory
 from study.memory import KeyMemory
 from study.models import Classifier, ContrastiveNetwork, build_encoder
@@ -144,6 +153,7 @@ def _loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: bool
             context: RunContext, config: Config, collate_fn: Callable | None = None) -> DataLoader:
     """A loader for this worker's shard. Shuffling is seeded by (seed, epoch) so a resumed run sees the
     same order as an uninterrupted one."""
+    sampler: DistributedSampler | None
     if context.world_size > 1:
         sampler = DistributedSampler(dataset, num_replicas=context.world_size, rank=context.world_rank,
                                      shuffle=shuffle, seed=seed, drop_last=drop_last)
@@ -166,7 +176,7 @@ def _loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: bool
     )
 
 
-def _shard(dataset: Dataset, context: RunContext) -> Dataset:
+def _shard(dataset: SizedDataset, context: RunContext) -> Dataset:
     """Every world_size-th sample, for evaluation split across workers without padding."""
     if context.world_size == 1:
         return dataset
@@ -192,7 +202,9 @@ def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 
 
 @torch.no_grad()
-def _embed(encoder: nn.Module, dataset: Dataset, config: Config, context: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
+def _embed(
+    encoder: nn.Module, dataset: Dataset, config: Config, context: RunContext
+) -> tuple[torch.Tensor, torch.Tensor]:
     loader = DataLoader(dataset, batch_size=256, shuffle=False, num_workers=config.loader_workers)
     features, labels = [], []
     for images, targets in loader:
@@ -206,7 +218,7 @@ def _embed(encoder: nn.Module, dataset: Dataset, config: Config, context: RunCon
 
 
 @torch.no_grad()
-def knn_accuracy(encoder: nn.Module, bank: Dataset, queries: Dataset, num_classes: int, config: Config,
+def knn_accuracy(encoder: nn.Module, bank: Dataset, queries: SizedDataset, num_classes: int, config: Config,
                  context: RunContext) -> tuple[float, float]:
     """Top-1/top-5 (percent) of a weighted k-NN classifier on cosine similarity of representations."""
     was_training = encoder.training
@@ -228,7 +240,7 @@ def knn_accuracy(encoder: nn.Module, bank: Dataset, queries: Dataset, num_classe
 
 
 @torch.no_grad()
-def classifier_accuracy(classifier: nn.Module, dataset: Dataset, config: Config,
+def classifier_accuracy(classifier: nn.Module, dataset: SizedDataset, config: Config,
                         context: RunContext) -> tuple[float, float]:
     """Top-1/top-5 (percent) of a classifier on a dataset of (tensor, label), split across workers."""
     was_training = classifier.training
@@ -250,6 +262,7 @@ def classifier_accuracy(classifier: nn.Module, dataset: Dataset, config: Config,
 
 def _rng_state() -> dict[str, Any]:
     numpy_state = np.random.get_state()
+    assert isinstance(numpy_state, tuple)  # the legacy form, get_state's default: (name, keys, pos, ...)
     return {
         "torch": torch.get_rng_state(),
         "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)),
@@ -320,7 +333,7 @@ class _Networks:
 
     def __init__(self, config: Config, splits: DatasetSplits):
         encoder = build_encoder(config.model, width=config.width, stem=config.stem, image_size=splits.image_size)
-        self.encoder = encoder
+        self.encoder: nn.Module = encoder  # a ResNet, or its SyncBatchNorm conversion (replace_encoder)
         self.contrastive = ContrastiveNetwork(
             encoder, config.projection_dim, projection_head=config.projection_head,
             normalize_embedding=config.normalize_embedding) if config.is_contrastive else None
@@ -430,7 +443,7 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str, Any] | None, config: Config,
-               splits: DatasetSplits, networks: _Networks, val_set: Dataset, context: RunContext,
+               splits: DatasetSplits, networks: _Networks, val_set: TransformedDataset, context: RunContext,
                on_step: Callable[[int], None] | None) -> dict[str, Any]:
     """Train one stage from `start_epoch`; report and checkpoint every epoch."""
     linear = stage == "linear"
@@ -438,7 +451,7 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
     global_batch = config.linear_batch_size if linear else config.batch_size
     local_batch = global_batch // context.world_size
     policy = config.linear_augmentation if linear else config.augmentation
-    augment_args = dict(image_size=splits.image_size, mean=splits.mean, std=splits.std,
+    augment_args: dict[str, Any] = dict(image_size=splits.image_size, mean=splits.mean, std=splits.std,
                         autoaugment_policy=default_autoaugment_policy(splits.image_size),
                         randaugment_n=config.randaugment_n, randaugment_m=config.randaugment_m)
     views = config.n_views if stage == "contrastive" else 1
@@ -446,7 +459,7 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
     if resolve_data_pipeline(config.data_pipeline, context.device) == "device":
         # The loader only decodes; each batch is augmented on the training device (study/batched_augment.py).
         augment = build_batch_augment(policy, device=context.device, **augment_args)
-        train_set: Dataset = DecodedDataset(splits.train)
+        train_set: SizedDataset = DecodedDataset(splits.train)
         collate = collate_decoded
     elif stage == "contrastive":
         train_set = MultiViewDataset(splits.train, build_train_transform(policy, **augment_args), views)
@@ -459,12 +472,14 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
         networks.encoder.requires_grad_(False)
         networks.encoder.to(context.device).eval()
         trained = context.prepare_model(networks.classifier.fc)
-        optimizer = build_optimizer(config.linear_optimizer, trained, lr=config.scaled_lr(config.linear_lr, global_batch),
+        optimizer = build_optimizer(config.linear_optimizer, trained,
+                                    lr=config.scaled_lr(config.linear_lr, global_batch),
                                     momentum=config.linear_momentum, weight_decay=config.linear_weight_decay,
                                     rmsprop_epsilon=LINEAR_RMSPROP_EPSILON)
         schedule_name, warmup = config.linear_schedule, 0
     else:
         network = networks.contrastive if stage == "contrastive" else networks.classifier
+        assert network is not None  # a contrastive stage runs only for the methods that build that network
         trained = context.prepare_model(network)
         optimizer = build_optimizer(config.optimizer, trained, lr=config.scaled_lr(config.lr, global_batch),
                                     momentum=config.momentum, nesterov=config.nesterov,
@@ -475,7 +490,8 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
     steps_per_epoch = max(1, len(_loader(train_set, local_batch, shuffle=True, drop_last=drop_last, seed=config.seed,
                                          epoch=0, context=context, config=config, collate_fn=collate)))
     scheduler = build_scheduler(schedule_name, optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                                warmup_epochs=warmup, decay_rate=config.lr_decay_rate, step_epochs=config.lr_step_epochs)
+                                warmup_epochs=warmup, decay_rate=config.lr_decay_rate,
+                                step_epochs=config.lr_step_epochs)
     if resume is not None and "optimizer" in resume:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
@@ -557,6 +573,7 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
             if memory is not None:  # MoCo's order: this batch's keys join the queue, then the momentum update
                 _synchronize(context.device)
                 memory_started = time.perf_counter()
+                assert keys is not None  # step_loss embeds the keys whenever there is a memory
                 memory.enqueue(keys, labels)
                 memory.update(unwrap(trained))
                 _synchronize(context.device)
@@ -577,7 +594,9 @@ def _run_stage(stage: str, stage_index: int, start_epoch: int, resume: dict[str,
         if stage == "contrastive":
             bank = Subset(splits.train, range(min(len(splits.train), KNN_MAX_TRAIN)))
             eval_transform = val_set.transform
-            val_top1, val_top5 = knn_accuracy(unwrap(trained).encoder, TransformedDataset(bank, eval_transform),
+            encoder = unwrap(trained).encoder
+            assert isinstance(encoder, nn.Module)  # the contrastive network's encoder (an attribute, typed loosely)
+            val_top1, val_top5 = knn_accuracy(encoder, TransformedDataset(bank, eval_transform),
                                               val_set, splits.num_classes, config, context)
         else:
             networks.classifier.to(context.device)
