@@ -385,3 +385,31 @@ def test_one_worker_tune_trial_records_the_augmentation_share(ray_session, tmp_p
     epochs = history[history["stage"] != "final"]
     assert len(epochs) >= 1 and "augment_fraction" in history
     assert epochs["augment_fraction"].between(0, 1, inclusive="neither").all()
+
+
+def test_jitter_hue_runs_on_the_batched_kernels_with_kornias_result():
+    """The jitter's hue step is the torchvision-kernel one (a kornia release that drops the hook fails here,
+    not silently slower), and it shifts hue exactly as kornia's adjust_hue, per sample."""
+    import kornia
+
+    from study.batched_augment import _adjust_hue
+
+    jitter = BatchAugment("simclr_augment", image_size=32, **RAW).steps[0]
+    assert jitter._hue_fn is _adjust_hue
+    torch.manual_seed(9)
+    images = torch.rand(6, 3, 20, 20)
+    shift = torch.linspace(-math.pi, math.pi, 6)
+    assert torch.allclose(_adjust_hue(images, shift), kornia.enhance.adjust_hue(images, shift), atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", AUGMENTATIONS)
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_the_input_batch_is_never_modified(policy, dtype):
+    """The steps work in place on the crop's output, never on the caller's batch (float input at the
+    output size included, where a crop could hand back its input)."""
+    augment = build_batch_augment(policy, image_size=32, **RAW)
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    images = images if dtype == torch.uint8 else images.float() / 255
+    before = images.clone()
+    augment(images)
+    assert torch.equal(images, before)
