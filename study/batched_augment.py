@@ -24,8 +24,9 @@ Where the batched path differs from the per-image path (listed in FIDELITY.md):
   (kornia's own crop converts the full-size batch to float first and resizes without antialiasing: 2-3x
   slower on the CPU at 224 px.)
 - Colour jitter: kornia's `ColorJitter` uses torchvision's formulas (multiplicative brightness, blends
-  towards the grey mean / grey image, torchvision's hue shift) and draws the factors per sample, but one
-  random order of the four steps per batch, not per image.
+  towards the grey mean / grey image, torchvision's hue shift, here on torchvision's own batched HSV
+  kernels, which are faster on the CPU) and draws the factors per sample, but one random order of the four
+  steps per batch, not per image.
 - AutoAugment / RandAugment: torchvision's op tables with per-sample op choice, probability, magnitude and
   sign (kornia's own `auto.RandAugment`/`AutoAugment` choose the ops once per batch, and its RandAugment
   takes M on a 0..30 scale with TF's translate and enhance ranges, so they are not used); the ops are
