@@ -20,10 +20,11 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,8 +33,20 @@ from analysis import paper, plots
 from analysis.document import Document, Figure, format_cell, is_number
 from analysis.robustness import corruption_summary, corruption_summary_by_model, severity_curves
 from analysis.stability import (
-    BASE, DIVERGED_POLICIES, GRID, SEARCH, best_top1, chance_top1, format_value, hyperparameter_columns,
-    hyperparameter_importance, method_name, spread_difference, stability_table, stability_trials, status_counts,
+    BASE,
+    DIVERGED_POLICIES,
+    GRID,
+    SEARCH,
+    best_top1,
+    chance_top1,
+    format_value,
+    hyperparameter_columns,
+    hyperparameter_importance,
+    method_name,
+    spread_difference,
+    stability_table,
+    stability_trials,
+    status_counts,
 )
 from study.storage import Location, atomic_write, is_uri, read_table
 
@@ -390,10 +403,13 @@ class _ReportBuilder:
         if history is None or not len(history) or "stage" not in history.columns:
             return ""
         parts = []
+        # A column missing from an older study's history reads as no values: pd.to_numeric(None) would be a
+        # scalar, without .median().
+        no_values = pd.Series(dtype=float)
         for stage, group in history.groupby(history["stage"].astype(str), sort=True):
-            speed = pd.to_numeric(group.get("images_per_second"), errors="coerce").median()
-            seconds = pd.to_numeric(group.get("epoch_seconds"), errors="coerce").median()
-            augment = pd.to_numeric(group.get("augment_fraction"), errors="coerce").median()
+            speed = pd.to_numeric(group.get("images_per_second", no_values), errors="coerce").median()
+            seconds = pd.to_numeric(group.get("epoch_seconds", no_values), errors="coerce").median()
+            augment = pd.to_numeric(group.get("augment_fraction", no_values), errors="coerce").median()
             parts.append(f"{stage}: {len(group)} epochs, median {_fmt(speed, 0)} images/s, "
                          f"{_fmt(seconds, 1)} s per epoch"
                          + (f", {_fmt(100 * augment, 0)}% of it in augmentation" if np.isfinite(augment) else ""))

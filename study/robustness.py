@@ -22,8 +22,9 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,14 +32,32 @@ import ray
 import torch
 from tqdm import tqdm
 
-from study.corrupted_sets import (CLEAN_FILE, ImageFileArray, Images, NpyWriter, adopt_folder, corrupted_set_profile,
-                                  dataset_test_split, is_complete, load_clean, load_corrupted,
-                                  remove_stale_temporaries, requested_corruptions)
+from study.corrupted_sets import (
+    CLEAN_FILE,
+    ImageFileArray,
+    Images,
+    NpyWriter,
+    adopt_folder,
+    corrupted_set_profile,
+    dataset_test_split,
+    is_complete,
+    load_clean,
+    load_corrupted,
+    remove_stale_temporaries,
+    requested_corruptions,
+)
 from study.corruptions import check_images, check_profile, corrupt, default_profile
 from study.evaluate import evaluate_model
 from study.storage import Location, Where, is_uri, local_copy, read_table, write_table
-from study.tables import (ALL_CORRUPTIONS, CLEAN, MODEL_FILE, RESULTS_FILE, ROBUSTNESS_COLUMNS, ROBUSTNESS_FILE,
-                          SEVERITIES)
+from study.tables import (
+    ALL_CORRUPTIONS,
+    CLEAN,
+    MODEL_FILE,
+    RESULTS_FILE,
+    ROBUSTNESS_COLUMNS,
+    ROBUSTNESS_FILE,
+    SEVERITIES,
+)
 
 __all__ = [
     "generate_corrupted_set",

@@ -30,11 +30,29 @@ from typing import Any, Union
 import pandas as pd
 import torch
 
-from study.collection import (CONFIGS_OPTION, HYPERPARAMETERS_OPTION, OPTIONS_KEY, TRIAL_KEY, VARIED_KEY,
-                              TrialDescription, collect_trials, describe_trial, trial_status)
+from study.collection import (
+    CONFIGS_OPTION,
+    HYPERPARAMETERS_OPTION,
+    OPTIONS_KEY,
+    TRIAL_KEY,
+    VARIED_KEY,
+    TrialDescription,
+    collect_trials,
+    describe_trial,
+    trial_status,
+)
 from study.config import Config, ConfigError
-from study.launch import (RayContext, build_trainer, check_address, check_dataset, check_run_name, check_storage,
-                          connect_ray, dataset_slug, quiet_ray_train_info)
+from study.launch import (
+    RayContext,
+    build_trainer,
+    check_address,
+    check_dataset,
+    check_run_name,
+    check_storage,
+    connect_ray,
+    dataset_slug,
+    quiet_ray_train_info,
+)
 from study.spaces import StudySpace, TrialSpec, load_space, parse_space
 from study.storage import Location, read_json, write_json, write_table
 from study.tables import HISTORY_FILE, RESULTS_FILE, SEARCH, STUDY_FILE

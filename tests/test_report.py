@@ -347,3 +347,14 @@ def test_memory_bank_study_has_the_memory_section(tmp_path):
 
     other = build_report(write_study(tmp_path / "other", results=small_results()), n_boot=200)[1].read_text()
     assert "Memory of past batches" not in other
+
+
+def test_history_without_the_newer_columns(tmp_path):
+    """A study written before history.parquet had augment_fraction and epoch_seconds: the throughput line
+    reports what there is instead of crashing the report (pd.to_numeric(None) is a scalar, not a Series)."""
+    study = write_study(tmp_path / "older", results=small_results())
+    history = pd.read_parquet(study / "history.parquet").drop(columns=["augment_fraction", "epoch_seconds"])
+    history.to_parquet(study / "history.parquet", index=False)
+    text = build_report(study, n_boot=200)[0].read_text()
+    assert "Training history of" in text and "images/s, n/a s per epoch" in text
+    assert "in augmentation" not in text
