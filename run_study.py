@@ -290,7 +290,7 @@ def plan_lines(planned) -> list[str]:
                        for number, trial in enumerate(trials, 1)]
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     for row in rows:
-        cells = [row[0].rjust(widths[0])] + [cell.ljust(width) for cell, width in zip(row[1:], widths[1:])]
+        cells = [row[0].rjust(widths[0])] + [cell.ljust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
         lines.append("  ".join(cells).rstrip())
     if space.design == "search":
         lines.append("(each sample replaces the searched fields of its method's config; the rest is as listed)")

@@ -8,7 +8,7 @@ vary that hyperparameter, no robustness table), so a report can call them all on
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -360,7 +360,7 @@ def plot_severity(
     out_dir: str | os.PathLike,
     *,
     value: str = "top1",
-    reference: dict[str, Sequence[float]] | None = None,
+    reference: Mapping[str, Sequence[float]] | None = None,
     name: str | None = None,
 ) -> list[Path] | None:
     """Top-1 (value="top1"), error ("error") or ECE ("ece") against corruption severity (0 = clean), averaged over
@@ -452,7 +452,7 @@ def plot_mce(
     out_dir: str | os.PathLike,
     *,
     baseline: str = "alexnet",
-    reference: dict[str, tuple[float, float]] | None = None,
+    reference: Mapping[str, Sequence[float]] | None = None,
     name: str = "mce",
 ) -> list[Path] | None:
     """mCE and relative mCE per model, bars coloured by method (the paper's Fig. 3, left). `reference`:

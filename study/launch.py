@@ -187,7 +187,7 @@ class RayContext:
     report_fn: Callable[..., None]
     get_checkpoint_fn: Callable[[], Any]
     prepare_fn: Callable[[nn.Module], nn.Module]
-    checkpoint_class: type
+    checkpoint_class: type[Any]  # ray.train.Checkpoint or ray.tune.Checkpoint (Ray is imported lazily)
     print_progress: bool = True
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:

@@ -145,7 +145,8 @@ def _run_generation(
     progress: bool,
 ) -> None:
     n = images.shape[0]
-    jobs = [(name, severity, start, min(start + chunk, n)) for name in names for severity in SEVERITIES for start in range(0, n, chunk)]
+    jobs = [(name, severity, start, min(start + chunk, n))
+            for name in names for severity in SEVERITIES for start in range(0, n, chunk)]
     blocks_per_file = len(SEVERITIES) * math.ceil(n / chunk)
     _ensure_ray()
     window = max(4, 2 * int(ray.available_resources().get("CPU", 1)))  # bounds object-store use
@@ -153,7 +154,8 @@ def _run_generation(
     writers: dict[str, NpyWriter] = {}
     pending: dict[ray.ObjectRef, tuple[str, int, int, int]] = {}
     next_job = 0
-    bar = _Progress(len(jobs), f"corrupting {n} images x {len(names)} corruptions x 5 severities ({profile} profile)", progress)
+    bar = _Progress(len(jobs), f"corrupting {n} images x {len(names)} corruptions x 5 severities ({profile} profile)",
+                    progress)
     try:
         while next_job < len(jobs) or pending:
             while next_job < len(jobs) and len(pending) < window:
@@ -305,7 +307,8 @@ def _evaluate_checkpoint(
     device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
     image_size = int(metadata["image_size"])
     method = metadata.get("config", {}).get("method", "")
-    settings = dict(mean=metadata["mean"], std=metadata["std"], batch_size=batch_size, device=device, image_size=image_size)
+    settings = dict(mean=metadata["mean"], std=metadata["std"], batch_size=batch_size, device=device,
+                    image_size=image_size)
     rows = []
     if clean is not None:
         images, labels = clean

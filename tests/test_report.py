@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_plots import synthetic_pairs, synthetic_results, synthetic_robustness
 
 from analysis.report import FIGURE_DIR, SECTIONS, build_report, load_study
-from test_plots import synthetic_pairs, synthetic_results, synthetic_robustness
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -39,10 +39,10 @@ def write_study(directory: Path, *, results: pd.DataFrame | None = None, robustn
         robustness.to_parquet(directory / "robustness.parquet", index=False)
     if results is not None and "history" not in str(info):
         history = pd.DataFrame([
-            {"trial_id": t, "method": m, "stage": "ce" if m == "ce" else "contrastive", "epoch": e, "loss": 1.0 / (e + 1),
-             "lr": 0.5, "val_top1": 80.0 + e, "val_top5": 99.0, "images_per_second": 1500.0 + e,
-             "augment_fraction": 0.25,
-             "epoch_seconds": 4.0} for t, m in zip(results["trial_id"], results["method"]) for e in range(2)])
+            {"trial_id": t, "method": m, "stage": "ce" if m == "ce" else "contrastive", "epoch": e,
+             "loss": 1.0 / (e + 1), "lr": 0.5, "val_top1": 80.0 + e, "val_top5": 99.0, "images_per_second": 1500.0 + e,
+             "augment_fraction": 0.25, "epoch_seconds": 4.0}
+            for t, m in zip(results["trial_id"], results["method"], strict=True) for e in range(2)])
         history.to_parquet(directory / "history.parquet", index=False)
     return directory
 
