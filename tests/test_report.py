@@ -248,6 +248,7 @@ def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # a real browser process, twice (where .ci/run installs chromium)
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="headless browser check needs Debian's chromium at "
                     "/usr/bin/chromium (apt-get install chromium); .ci/run installs it")
 def test_html_opens_in_headless_chromium(full_report, tmp_path):
