@@ -431,8 +431,8 @@ def run_sweep(space: SpaceArgument, overrides: dict[str, Any] | None = None,
     study_info: dict[str, Any] = read_json(study_dir / STUDY_FILE) if options.resume else {
         "space": space.name, "space_file": str(space.path.resolve()), "design": space.design, "dataset": base.dataset,
         "model": base.model, "width": base.width, "image_size": base.image_size, "epochs": base.epochs,
-        # no expanded trials: a search design, which study/spaces.py makes carry num_samples
         "linear_epochs": base.linear_epochs,
+        # no expanded trials means a search design, which study/spaces.py makes carry num_samples
         "num_trials": len(trials) or cast(int, space.num_samples) * len(space.methods),
         "seeds": list(space.seeds), "metric": space.metric,
         "overrides": overrides, "options": {**_recorded_options(options), "tracking": [t.value for t in trackers]},
