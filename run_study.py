@@ -18,9 +18,9 @@ import json
 import os
 import sys
 import typing
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Sequence
 
 from study.config import Config, ConfigError
 
@@ -290,7 +290,7 @@ def plan_lines(planned) -> list[str]:
                        for number, trial in enumerate(trials, 1)]
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     for row in rows:
-        cells = [row[0].rjust(widths[0])] + [cell.ljust(width) for cell, width in zip(row[1:], widths[1:])]
+        cells = [row[0].rjust(widths[0])] + [cell.ljust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
         lines.append("  ".join(cells).rstrip())
     if space.design == "search":
         lines.append("(each sample replaces the searched fields of its method's config; the rest is as listed)")
@@ -418,12 +418,12 @@ def _print_report(study, html_path: Path, markdown_path: Path) -> None:
 def command_quickstart(args: argparse.Namespace) -> int:
     """The main job: the `quick` study end to end (sweep, corruption evaluation, report)."""
     from analysis.report import build_report
+    from study.launch import check_storage
     from study.robustness import run_robustness, study_checkpoints
     from study.spaces import load_space
     from study.storage import Location
-    from study.tables import ROBUSTNESS_FILE
-    from study.launch import check_storage
     from study.sweep import STUDY_FILE, SweepOptions, run_sweep, study_directory
+    from study.tables import ROBUSTNESS_FILE
 
     overrides = {item.name: getattr(args, item.name) for item in fields(Config) if hasattr(args, item.name)}
     corruptions = _corruption_list(args.corruptions)

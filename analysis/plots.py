@@ -8,8 +8,9 @@ vary that hyperparameter, no robustness table), so a report can call them all on
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -17,6 +18,7 @@ matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.artist import Artist  # noqa: E402
 
 from analysis import paper  # noqa: E402
 from analysis.robustness import corruption_summary_by_model, severity_curves  # noqa: E402
@@ -33,7 +35,8 @@ __all__ = [
 ]
 
 METHOD_COLORS = {"supcon": "#1f77b4", "ce": "#ff7f0e", "simclr": "#2ca02c"}
-DIVERGED_STYLE = {"marker": "x", "color": "#d62728", "s": 40, "linewidths": 1.5, "zorder": 5}
+# Any values: matplotlib's stubs type each keyword apart, so a dict of mixed values must not be narrowed
+DIVERGED_STYLE: dict[str, Any] = {"marker": "x", "color": "#d62728", "s": 40, "linewidths": 1.5, "zorder": 5}
 FIGURE_DPI = 110
 
 
@@ -42,7 +45,7 @@ def method_color(method: str) -> str:
     return METHOD_COLORS.get(method, "#7f7f7f")
 
 
-def method_order(methods: Sequence[str]) -> list[str]:
+def method_order(methods: Iterable[str]) -> list[str]:
     order = {"supcon": 0, "ce": 1, "simclr": 2}
     return sorted(set(methods), key=lambda m: (order.get(m, 9), m))
 
@@ -113,7 +116,7 @@ def plot_stability_boxes(
     if apart_y:
         bottom = ax.get_ylim()[0]
         ax.scatter(apart_y, np.full(len(apart_y), bottom), clip_on=False, **DIVERGED_STYLE)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=method_color(m), alpha=0.5) for m in methods]
+    handles: list[Artist] = [plt.Rectangle((0, 0), 1, 1, color=method_color(m), alpha=0.5) for m in methods]
     labels = [method_name(m) for m in methods]
     if trials["diverged"].any():
         handles.append(plt.Line2D([], [], linestyle="", marker="x", color=DIVERGED_STYLE["color"]))
@@ -293,7 +296,7 @@ def plot_pair_heatmap(
     high = max(float(np.nanmax(t.to_numpy())) for t in tables.values())
     fig, axes = plt.subplots(1, len(tables), figsize=(4.4 * len(tables) + 0.8, 3.9), squeeze=False,
                              layout="constrained")
-    for ax, (method, pivot) in zip(axes[0], tables.items()):
+    for ax, (method, pivot) in zip(axes[0], tables.items(), strict=True):
         image = ax.imshow(pivot.to_numpy(dtype=float), cmap="viridis", vmin=low, vmax=max(high, low + 1e-9))
         ax.set_xticks(range(pivot.shape[1]), [str(c).replace("_", " ") for c in pivot.columns],
                       rotation=30, ha="right")
@@ -357,7 +360,7 @@ def plot_severity(
     out_dir: str | os.PathLike,
     *,
     value: str = "top1",
-    reference: dict[str, Sequence[float]] | None = None,
+    reference: Mapping[str, Sequence[float]] | None = None,
     name: str | None = None,
 ) -> list[Path] | None:
     """Top-1 (value="top1"), error ("error") or ECE ("ece") against corruption severity (0 = clean), averaged over
@@ -415,13 +418,14 @@ def plot_corruption_errors(
     ordered += [("held out", c) for c in present if all(c != o for _, o in ordered)]
     methods = method_order(summary["method"])
     width = 0.8 / len(methods)
-    positions, x = [], 0.0
+    starts: list[float] = []
+    x = 0.0
     for i, (group, _) in enumerate(ordered):
         if i and group != ordered[i - 1][0]:
             x += 0.8  # a gap between families
-        positions.append(x)
+        starts.append(x)
         x += 1
-    positions = np.array(positions)
+    positions = np.array(starts)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(ordered) * max(1, len(methods) / 2) + 2), 4.2))
     for j, method in enumerate(methods):
         values = summary.loc[summary["method"] == method, [f"CE_{c}" for _, c in ordered]].astype(float).mean()
@@ -448,7 +452,7 @@ def plot_mce(
     out_dir: str | os.PathLike,
     *,
     baseline: str = "alexnet",
-    reference: dict[str, tuple[float, float]] | None = None,
+    reference: Mapping[str, Sequence[float]] | None = None,
     name: str = "mce",
 ) -> list[Path] | None:
     """mCE and relative mCE per model, bars coloured by method (the paper's Fig. 3, left). `reference`:
@@ -460,7 +464,7 @@ def plot_mce(
     if summary is None or len(summary) == 0 or "mCE" not in summary.columns:
         return None
     summary = summary.sort_values(["method", "mCE"])
-    labels = [f"{model} ({method_name(m)})" for model, m in zip(summary.index, summary["method"])]
+    labels = [f"{model} ({method_name(m)})" for model, m in zip(summary.index, summary["method"], strict=True)]
     colors = [method_color(m) for m in summary["method"]]
     reference = reference or {}
     labels += list(reference)
@@ -468,8 +472,9 @@ def plot_mce(
     longest = max(len(label) for label in labels)
     fig, axes = plt.subplots(1, 2, sharey=True, layout="constrained",
                              figsize=(max(7.0, 5.0 + 0.06 * longest), max(3.0, 1.3 + MCE_ROW_INCHES * len(labels))))
-    for ax, column in zip(axes, ("mCE", "relative_mCE")):
-        values = summary[column].astype(float).to_numpy() if column in summary.columns else np.full(len(summary), np.nan)
+    for ax, column in zip(axes, ("mCE", "relative_mCE"), strict=True):
+        values = (summary[column].astype(float).to_numpy() if column in summary.columns
+                  else np.full(len(summary), np.nan))
         ax.barh(rows[:len(values)], values, color=colors, height=0.75)
         for k, numbers in enumerate(reference.values()):
             ax.barh(len(values) + k, numbers[0 if column == "mCE" else 1], color="#bbbbbb", hatch="//", height=0.75)

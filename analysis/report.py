@@ -20,10 +20,12 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -32,8 +34,20 @@ from analysis import paper, plots
 from analysis.document import Document, Figure, format_cell, is_number
 from analysis.robustness import corruption_summary, corruption_summary_by_model, severity_curves
 from analysis.stability import (
-    BASE, DIVERGED_POLICIES, GRID, SEARCH, best_top1, chance_top1, format_value, hyperparameter_columns,
-    hyperparameter_importance, method_name, spread_difference, stability_table, stability_trials, status_counts,
+    BASE,
+    DIVERGED_POLICIES,
+    GRID,
+    SEARCH,
+    best_top1,
+    chance_top1,
+    format_value,
+    hyperparameter_columns,
+    hyperparameter_importance,
+    method_name,
+    spread_difference,
+    stability_table,
+    stability_trials,
+    status_counts,
 )
 from study.storage import Location, atomic_write, is_uri, read_table
 
@@ -283,7 +297,7 @@ class _ReportBuilder:
         self.notes = list(files.notes)
         self.figures: list[Figure] = []
         self.confidence = confidence
-        self.stats = {"confidence": confidence, "n_boot": n_boot, "seed": seed}
+        self.stats: dict[str, Any] = {"confidence": confidence, "n_boot": n_boot, "seed": seed}
         self.results = files.results
         if self.results is not None:
             missing = [c for c in ("method", "status", "test_top1") if c not in self.results.columns]
@@ -328,7 +342,9 @@ class _ReportBuilder:
 
     def _policy_sentence(self) -> str:
         if self.diverged == "chance":
-            chance = self._try("chance accuracy", lambda: chance_top1(self.results, self.num_classes))
+            results = self.results
+            assert results is not None  # called by _headline only with a stability table, made from results
+            chance = self._try("chance accuracy", lambda: chance_top1(results, self.num_classes))
             return (f"Diverged trials count as chance accuracy ({_fmt(chance)}% top-1) in every number and plot; "
                     "they are instabilities, never dropped.")
         return ("Diverged trials are shown apart: left out of the numbers, counted in the n_diverged column and "
@@ -337,7 +353,7 @@ class _ReportBuilder:
     # ------------------------------------------------------------------ layout
     def build(self) -> Document:
         document = Document()
-        kwargs = {"diverged": self.diverged, "num_classes": self.num_classes}
+        kwargs: dict[str, Any] = {"diverged": self.diverged, "num_classes": self.num_classes}
         results = self.results
         self.table = self.difference = self.best = None
         if results is not None and len(results):
@@ -390,10 +406,13 @@ class _ReportBuilder:
         if history is None or not len(history) or "stage" not in history.columns:
             return ""
         parts = []
+        # A column missing from an older study's history reads as no values: pd.to_numeric(None) would be a
+        # scalar, without .median().
+        no_values = pd.Series(dtype=float)
         for stage, group in history.groupby(history["stage"].astype(str), sort=True):
-            speed = pd.to_numeric(group.get("images_per_second"), errors="coerce").median()
-            seconds = pd.to_numeric(group.get("epoch_seconds"), errors="coerce").median()
-            augment = pd.to_numeric(group.get("augment_fraction"), errors="coerce").median()
+            speed = pd.to_numeric(group.get("images_per_second", no_values), errors="coerce").median()
+            seconds = pd.to_numeric(group.get("epoch_seconds", no_values), errors="coerce").median()
+            augment = pd.to_numeric(group.get("augment_fraction", no_values), errors="coerce").median()
             parts.append(f"{stage}: {len(group)} epochs, median {_fmt(speed, 0)} images/s, "
                          f"{_fmt(seconds, 1)} s per epoch"
                          + (f", {_fmt(100 * augment, 0)}% of it in augmentation" if np.isfinite(augment) else ""))
@@ -402,6 +421,7 @@ class _ReportBuilder:
 
     def _varied_values(self) -> list[tuple[str, str, str]]:
         results = self.results
+        assert results is not None  # _what_was_run returns before this without results
         if "varied" not in results.columns:
             return []
         rows = []
@@ -433,7 +453,8 @@ class _ReportBuilder:
             frame = pd.DataFrame({
                 "method": best["method"].map(method_name), "best setting": best["setting"],
                 "seeds": best["n_seeds"], "val top-1": best["val_top1"], "test top-1": best["top1"],
-                f"{self.confidence:.0%} CI": [_ci(lo, hi, 2) for lo, hi in zip(best["ci_low"], best["ci_high"])],
+                f"{self.confidence:.0%} CI": [_ci(lo, hi, 2) for lo, hi in zip(best["ci_low"], best["ci_high"],
+                                                                                strict=True)],
                 "best single trial": best["best_single_trial"],
             })
             if reference:
@@ -454,6 +475,7 @@ class _ReportBuilder:
             document.table(self._mce_frame(), "mCE and relative mCE (percent; lower is better)")
 
     def _best_reading(self) -> str:
+        assert self.best is not None  # _headline calls it only with a best-top-1 table
         best = self.best.set_index("method")
         if {"supcon", "ce"} <= set(best.index):
             s, c = best.loc["supcon"], best.loc["ce"]
@@ -480,6 +502,7 @@ class _ReportBuilder:
 
     def _overall_stability_reading(self) -> str:
         d = self.difference
+        assert d is not None  # called only when there is a spread difference
         smaller = int((d["range_diff"] < 0).sum())
         clear = int((d["verdict"] == "supcon less spread").sum())
         against = int((d["verdict"] == "ce less spread").sum())
@@ -498,7 +521,8 @@ class _ReportBuilder:
         if self.table is None:
             document.paragraph("No results table yet: no stability plots.")
             return
-        kwargs = {"diverged": self.diverged, "num_classes": self.num_classes}
+        assert results is not None  # a stability table is made from results
+        kwargs: dict[str, Any] = {"diverged": self.diverged, "num_classes": self.num_classes}
         difference = self.difference if self.difference is not None else pd.DataFrame(columns=["family"])
         families = [f for f in self.table["family"].unique() if f != BASE]
         if self.difference is not None and len(self.difference):
@@ -512,7 +536,7 @@ class _ReportBuilder:
         for hyperparameter, function, words in ACCURACY_PLOTS:
             if hyperparameter == "batch_size" and self._memory_varies():
                 continue  # the memory section draws it split by memory: one line per method would mix them
-            paths = self._try(f"{hyperparameter} plot", lambda: function(results, self.figure_dir, **kwargs))
+            paths = self._try(f"{hyperparameter} plot", partial(function, results, self.figure_dir, **kwargs))
             if paths:
                 document.figure(self._figure(paths, f"Top-1 vs {words[:-1] if words.endswith('s') else words}",
                                              self._accuracy_reading(hyperparameter)))
@@ -521,7 +545,7 @@ class _ReportBuilder:
             ("augmentation", "linear_augmentation", plots.plot_augmentation_pairs, paper.AUGMENTATION_PAIRS,
              "augmentation"),
         ):
-            paths = self._try(f"{label} pairs", lambda: function(results, self.figure_dir, **kwargs))
+            paths = self._try(f"{label} pairs", partial(function, results, self.figure_dir, **kwargs))
             if paths:
                 tables = plots.pair_table(results, row, column, **kwargs)
                 document.figure(self._figure(paths, f"Top-1 by contrastive-stage x linear-stage {label} "
@@ -536,8 +560,9 @@ class _ReportBuilder:
         results = self.results
         if not self._memory_varies():
             return
+        assert results is not None  # _memory_varies is False without results
         document.heading("Memory of past batches (paper Sec. 4.1)", level=3)
-        kwargs = {"diverged": self.diverged, "num_classes": self.num_classes}
+        kwargs: dict[str, Any] = {"diverged": self.diverged, "num_classes": self.num_classes}
         accuracy = self._try("memory table", lambda: memory_accuracy_table(results, **kwargs))
         if accuracy is None or not len(accuracy):
             document.paragraph("No finished trials with a batch size to compare yet.")
@@ -567,6 +592,7 @@ class _ReportBuilder:
         return pd.to_numeric(results["memory_size"], errors="coerce").dropna().nunique() >= 2
 
     def _accuracy_reading(self, hyperparameter: str) -> str:
+        assert self.table is not None  # _stability calls it only with a stability table
         reading = _spread_reading(hyperparameter, self.difference if self.difference is not None
                                   else pd.DataFrame(columns=["family"]), self.table, self.confidence)
         rows = self.table.loc[self.table["family"] == hyperparameter]
@@ -601,8 +627,8 @@ class _ReportBuilder:
                            "the variance of each family's setting means; grids and searches: main-effect "
                            "variance fractions; Optuna studies: Optuna's PED-ANOVA.")
         top = importance.sort_values("importance", ascending=False).groupby("method", sort=False).head(1)
-        reading = "; ".join(f"most important for {method_name(r['method'])}: {r['parameter']} ({_fmt(r['importance'], 2)})"
-                            for _, r in top.iterrows())
+        reading = "; ".join(f"most important for {method_name(r['method'])}: {r['parameter']} "
+                            f"({_fmt(r['importance'], 2)})" for _, r in top.iterrows())
         document.figure(self._figure(plots.plot_importance(importance, self.figure_dir),
                                      "Hyperparameter importance per method", _sentence(reading) + "."))
         frame = importance.assign(method=importance["method"].map(method_name))
@@ -615,9 +641,10 @@ class _ReportBuilder:
             return None, ""
         if self.baseline is None:
             self.baseline = self._default_baseline(robustness)
-        summary = self._try("robustness summary", lambda: corruption_summary_by_model(robustness, self.baseline))
+        baseline = self.baseline
+        summary = self._try("robustness summary", lambda: corruption_summary_by_model(robustness, baseline))
         if summary is None:
-            self._try("robustness summary", lambda: corruption_summary(robustness, baseline=self.baseline))
+            self._try("robustness summary", lambda: corruption_summary(robustness, baseline=baseline))
             return None, ""
         return summary, str(summary.attrs.get("baseline_note", f"baseline {self.baseline} = 100"))
 
@@ -635,6 +662,7 @@ class _ReportBuilder:
 
     def _mce_frame(self) -> pd.DataFrame:
         summary = self.robustness_summary
+        assert summary is not None  # called only with a robustness summary
         setting = self._model_settings()
         return pd.DataFrame({
             "model": summary.index, "method": summary["method"].map(method_name),
@@ -688,6 +716,7 @@ class _ReportBuilder:
                 "Expected calibration error vs corruption severity (paper Supp. Table 6)",
                 _severity_reading(ece, "ECE", 3, "")))
         if self.robustness_summary is not None:
+            assert self.baseline is not None  # _robustness_numbers sets it before it makes a summary
             document.figure(self._figure(
                 plots.plot_corruption_errors(robustness, self.figure_dir, baseline=self.baseline),
                 "Corruption Error per corruption, grouped by family", self._corruption_reading()))
@@ -732,18 +761,21 @@ class _ReportBuilder:
 
     def _corruption_reading(self) -> str:
         summary = self.robustness_summary
+        assert summary is not None  # called only with a robustness summary
         columns = [c for c in summary.columns if str(c).startswith("CE_")]
         parts = []
         for method in plots.method_order(summary["method"]):
             means = summary.loc[summary["method"] == method, columns].astype(float).mean()
             if len(means) and means.notna().any():
                 worst = means.idxmax()
-                parts.append(f"hardest for {method_name(method)}: {worst[3:].replace('_', ' ')} (CE {_fmt(means[worst])})")
+                parts.append(f"hardest for {method_name(method)}: {worst[3:].replace('_', ' ')} "
+                             f"(CE {_fmt(means[worst])})")
         text = "; ".join(parts)
         return (_sentence(text) + ". " if text else "") + _sentence(self.baseline_note) + "."
 
     def _mce_reading(self) -> str:
         summary = self.robustness_summary
+        assert summary is not None  # called only with a robustness summary
         by_method = summary.groupby("method")[["mCE", "relative_mCE"]].mean()
         if {"supcon", "ce"} <= set(by_method.index):
             s, c = by_method.loc["supcon"], by_method.loc["ce"]
@@ -752,7 +784,7 @@ class _ReportBuilder:
             if self._imagenet_c_comparable():
                 text += "; the paper's ResNet-50: 67.2 vs 68.6 (relative 94.6 vs 96.2)"
         else:
-            text = "; ".join(f"{method_name(m)} mCE {_fmt(r['mCE'])}" for m, r in by_method.iterrows())
+            text = "; ".join(f"{method_name(str(m))} mCE {_fmt(r['mCE'])}" for m, r in by_method.iterrows())
         return f"{_sentence(text)}. {_sentence(self.baseline_note)}."
 
     def _imagenet_c_comparable(self) -> bool:
@@ -767,7 +799,7 @@ class _ReportBuilder:
         reference = paper.table2_top1(dataset)
         if reference and self.best is not None and len(self.best):
             best = self.best.set_index("method")
-            rows = [(method_name(m), best["top1"].get(m, math.nan), value)
+            rows: list[tuple[Any, ...]] = [(method_name(m), best["top1"].get(m, math.nan), value)
                     for m, value in reference.items() if m != "max_margin"]
             document.table(pd.DataFrame(rows, columns=["method", "ours: best test top-1", "paper (Table 2)"]),
                            f"Top-1 on {dataset}")
@@ -783,6 +815,7 @@ class _ReportBuilder:
             rows = []
             for method in ("ce", "supcon"):
                 ref = paper.imagenet_c_reference(method, "resnet50")
+                assert ref is not None  # paper.IMAGENET_C_MCE holds both methods' ResNet-50
                 rows.append((method_name(method), by_method["mCE"].get(method, math.nan), ref["mCE"],
                              by_method["relative_mCE"].get(method, math.nan), ref["relative_mCE"]))
             document.table(pd.DataFrame(rows, columns=["method", "ours: mCE", "paper R50: mCE",
@@ -805,12 +838,13 @@ class _ReportBuilder:
             if isinstance(expected, int) and expected > len(results):
                 notes.append(f"{expected - len(results)} planned trial(s) are not in the results table yet")
             if unfinished:
-                notes.append(f"{unfinished} trial(s) not finished (status "
-                             f"{', '.join(sorted(set(status[~status.isin(['completed', 'diverged', 'failed', 'stopped_early'])])))})")
+                statuses = sorted(set(status[~status.isin(["completed", "diverged", "failed", "stopped_early"])]))
+                notes.append(f"{unfinished} trial(s) not finished (status {', '.join(statuses)})")
             stopped = int(status.eq("stopped_early").sum())
             if stopped:
                 notes.append(f"{stopped} trial(s) stopped early by the scheduler: left out of stability and importance")
-            missing_test = int((status.eq("completed") & pd.to_numeric(results["test_top1"], errors="coerce").isna()).sum())
+            missing_test = int((status.eq("completed")
+                                & pd.to_numeric(results["test_top1"], errors="coerce").isna()).sum())
             if missing_test:
                 notes.append(f"{missing_test} completed trial(s) have no test top-1")
         document.bullets(notes or ["Nothing missing: every planned trial finished and every table is present."])
@@ -823,7 +857,8 @@ class _ReportBuilder:
         diverged = results.loc[results["status"].astype(str) == "diverged"]
         if len(diverged):
             hyper = hyperparameter_columns(results)
-            frame = diverged[[c for c in ("trial_id", "method", "varied", "seed", "epochs_run") if c in diverged]].copy()
+            frame = diverged[[c for c in ("trial_id", "method", "varied", "seed", "epochs_run")
+                              if c in diverged]].copy()
             frame["setting"] = [", ".join(f"{c}={format_value(r[c])}" for c in hyper if c == r.get("varied"))
                                 or str(r.get("varied", "")) for _, r in diverged.iterrows()]
             document.table(frame.assign(method=frame["method"].map(method_name)), "Diverged trials (non-finite loss)")
@@ -850,7 +885,7 @@ def _memory_label(size: int) -> str:
     return "off" if size == 0 else f"{size} keys"
 
 
-def _sorted_by_method_and_memory(frame: pd.DataFrame, extra: list[str] = []) -> pd.DataFrame:
+def _sorted_by_method_and_memory(frame: pd.DataFrame, extra: Sequence[str] = ()) -> pd.DataFrame:
     order = frame.assign(_m=frame["method"].map(_METHOD_ORDER).fillna(9))
     return order.sort_values(["_m", "method", "memory", *extra]).drop(columns="_m").reset_index(drop=True)
 
@@ -875,7 +910,7 @@ def memory_accuracy_table(results: pd.DataFrame, *, diverged: str = "chance",
     means.columns = [f"batch {int(b)}" for b in means.columns]
     out = means.reset_index()
     out["seeds"] = [f"{int(lo)}" if lo == hi else f"{int(lo)}-{int(hi)}"
-                    for lo, hi in zip(counts.min(axis=1), counts.max(axis=1))]
+                    for lo, hi in zip(counts.min(axis=1), counts.max(axis=1), strict=True)]
     out = _sorted_by_method_and_memory(out)
     out["method"], out["memory"] = out["method"].map(method_name), out["memory"].map(_memory_label)
     return out
@@ -969,9 +1004,10 @@ def _spread_frame(table: pd.DataFrame, confidence: float) -> pd.DataFrame:
     return pd.DataFrame({
         "family": table["family"], "method": table["method"].map(method_name), "settings": table["n_settings"],
         "min seeds": table["min_seeds"], "mean": table["mean"], "std": table["std"],
-        f"std {level}": [_ci(lo, hi, 2) for lo, hi in zip(table["std_ci_low"], table["std_ci_high"])],
+        f"std {level}": [_ci(lo, hi, 2) for lo, hi in zip(table["std_ci_low"], table["std_ci_high"], strict=True)],
         "range": table["range"],
-        f"range {level}": [_ci(lo, hi, 2) for lo, hi in zip(table["range_ci_low"], table["range_ci_high"])],
+        f"range {level}": [_ci(lo, hi, 2)
+                           for lo, hi in zip(table["range_ci_low"], table["range_ci_high"], strict=True)],
         "worst drop": table["worst_drop"], "best (val)": table["best_setting"], "worst": table["worst_setting"],
         "diverged": table["n_diverged"], "failed": table["n_failed"], "stopped early": table["n_stopped_early"],
         "unfinished": table["n_unfinished"],
@@ -983,9 +1019,11 @@ def _difference_frame(difference: pd.DataFrame, confidence: float) -> pd.DataFra
     return pd.DataFrame({
         "family": difference["family"], "SupCon range": difference["range_first"],
         "CE range": difference["range_second"], "range difference": difference["range_diff"],
-        level: [_ci(lo, hi, 2) for lo, hi in zip(difference["range_diff_ci_low"], difference["range_diff_ci_high"])],
+        level: [_ci(lo, hi, 2)
+                for lo, hi in zip(difference["range_diff_ci_low"], difference["range_diff_ci_high"], strict=True)],
         "std difference": difference["std_diff"],
-        f"std {level}": [_ci(lo, hi, 2) for lo, hi in zip(difference["std_diff_ci_low"], difference["std_diff_ci_high"])],
+        f"std {level}": [_ci(lo, hi, 2)
+                         for lo, hi in zip(difference["std_diff_ci_low"], difference["std_diff_ci_high"], strict=True)],
         "verdict": difference["verdict"].str.replace("supcon", "SupCon").str.replace("ce less", "cross-entropy less"),
     })
 
@@ -996,12 +1034,14 @@ def _pair_reading(tables: dict[str, pd.DataFrame], reference: dict[tuple[str, st
         stacked = pivot.stack().dropna()
         if not len(stacked):
             continue
-        (best_row, best_col), (worst_row, worst_col) = stacked.idxmax(), stacked.idxmin()
+        # stack() indexes by (row, column) pairs, which pandas' stubs type as a bare Hashable
+        best_row, best_col = cast(tuple[Any, Any], stacked.idxmax())
+        worst_row, worst_col = cast(tuple[Any, Any], stacked.idxmin())
         parts.append(f"{method_name(method)} does best with {best_row} / {best_col} ({_fmt(stacked.max())}) and worst "
                      f"with {worst_row} / {worst_col} ({_fmt(stacked.min())}), a spread of "
                      f"{_fmt(stacked.max() - stacked.min())} points")
-    best_pair = max(reference, key=reference.get)
-    worst_pair = min(reference, key=reference.get)
+    best_pair = max(reference, key=lambda pair: reference[pair])
+    worst_pair = min(reference, key=lambda pair: reference[pair])
     parts.append(f"the paper's best {label} pair is {best_pair[0]} / {best_pair[1]} ({reference[best_pair]}) and worst "
                  f"{worst_pair[0]} / {worst_pair[1]} ({reference[worst_pair]}), ResNet-50 on ImageNet")
     return _sentence("; ".join(parts)) + "."

@@ -26,9 +26,11 @@ import json
 import math
 import os
 import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -106,7 +108,8 @@ def load_cifar_c(root: str | os.PathLike, corruptions: Sequence[str] | None = No
         rows = shape[0]
         n = rows // 5
         if len(labels) not in (n, rows):
-            raise ValueError(f"{labels_path} has {len(labels)} labels for {rows} images in {path}; expected {rows} or {n}")
+            raise ValueError(f"{labels_path} has {len(labels)} labels for {rows} images in {path}; "
+                             f"expected {rows} or {n}")
         images = np.load(path, mmap_mode="r")
         for severity in SEVERITIES:
             block = slice((severity - 1) * n, severity * n)
@@ -153,7 +156,8 @@ def load_imagenet_c(
                 labels += [class_index[wnid]] * len(files)
             if not paths:
                 raise ValueError(f"{folder} holds no images ({', '.join(_IMAGE_EXTENSIONS)})")
-            result[(name, severity)] = (ImageFileArray(paths, image_size, threads=threads), np.asarray(labels, np.int64))
+            result[(name, severity)] = (ImageFileArray(paths, image_size, threads=threads),
+                                        np.asarray(labels, np.int64))
     return result
 
 
@@ -338,13 +342,14 @@ def adopt_folder(out_dir: Path, images: np.ndarray, labels: np.ndarray, seed: in
                 f"profile (differs in {differing}{profiles}); choose another folder or delete it"
             )
     elif any(out_dir.glob("*.npy")):
-        raise ValueError(f"{out_dir} holds .npy files but no {GENERATION_FILE}; refusing to mix sets, choose another folder")
+        raise ValueError(f"{out_dir} holds .npy files but no {GENERATION_FILE}; refusing to mix sets, "
+                         "choose another folder")
     else:
         atomic_write(record_path, lambda file: file.write(json.dumps(record, indent=2).encode()))
     tiled = np.tile(labels.astype(np.int64), len(SEVERITIES))
     for path, array in ((out_dir / LABELS_FILE, tiled), (out_dir / CLEAN_FILE, np.ascontiguousarray(images))):
         if not (path.is_file() and _same_array(path, array)):
-            atomic_write(path, lambda file, array=array: np.save(file, array, allow_pickle=False))
+            atomic_write(path, partial(np.save, arr=array, allow_pickle=False))
 
 
 def _same_array(path: Path, array: np.ndarray) -> bool:

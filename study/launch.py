@@ -13,9 +13,10 @@ import re
 import socket
 import tempfile
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -186,7 +187,7 @@ class RayContext:
     report_fn: Callable[..., None]
     get_checkpoint_fn: Callable[[], Any]
     prepare_fn: Callable[[nn.Module], nn.Module]
-    checkpoint_class: type
+    checkpoint_class: type[Any]  # ray.train.Checkpoint or ray.tune.Checkpoint (Ray is imported lazily)
     print_progress: bool = True
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:

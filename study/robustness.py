@@ -22,8 +22,9 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,14 +32,32 @@ import ray
 import torch
 from tqdm import tqdm
 
-from study.corrupted_sets import (CLEAN_FILE, ImageFileArray, Images, NpyWriter, adopt_folder, corrupted_set_profile,
-                                  dataset_test_split, is_complete, load_clean, load_corrupted,
-                                  remove_stale_temporaries, requested_corruptions)
+from study.corrupted_sets import (
+    CLEAN_FILE,
+    ImageFileArray,
+    Images,
+    NpyWriter,
+    adopt_folder,
+    corrupted_set_profile,
+    dataset_test_split,
+    is_complete,
+    load_clean,
+    load_corrupted,
+    remove_stale_temporaries,
+    requested_corruptions,
+)
 from study.corruptions import check_images, check_profile, corrupt, default_profile
 from study.evaluate import evaluate_model
 from study.storage import Location, Where, is_uri, local_copy, read_table, write_table
-from study.tables import (ALL_CORRUPTIONS, CLEAN, MODEL_FILE, RESULTS_FILE, ROBUSTNESS_COLUMNS, ROBUSTNESS_FILE,
-                          SEVERITIES)
+from study.tables import (
+    ALL_CORRUPTIONS,
+    CLEAN,
+    MODEL_FILE,
+    RESULTS_FILE,
+    ROBUSTNESS_COLUMNS,
+    ROBUSTNESS_FILE,
+    SEVERITIES,
+)
 
 __all__ = [
     "generate_corrupted_set",
@@ -126,7 +145,8 @@ def _run_generation(
     progress: bool,
 ) -> None:
     n = images.shape[0]
-    jobs = [(name, severity, start, min(start + chunk, n)) for name in names for severity in SEVERITIES for start in range(0, n, chunk)]
+    jobs = [(name, severity, start, min(start + chunk, n))
+            for name in names for severity in SEVERITIES for start in range(0, n, chunk)]
     blocks_per_file = len(SEVERITIES) * math.ceil(n / chunk)
     _ensure_ray()
     window = max(4, 2 * int(ray.available_resources().get("CPU", 1)))  # bounds object-store use
@@ -134,7 +154,8 @@ def _run_generation(
     writers: dict[str, NpyWriter] = {}
     pending: dict[ray.ObjectRef, tuple[str, int, int, int]] = {}
     next_job = 0
-    bar = _Progress(len(jobs), f"corrupting {n} images x {len(names)} corruptions x 5 severities ({profile} profile)", progress)
+    bar = _Progress(len(jobs), f"corrupting {n} images x {len(names)} corruptions x 5 severities ({profile} profile)",
+                    progress)
     try:
         while next_job < len(jobs) or pending:
             while next_job < len(jobs) and len(pending) < window:
@@ -286,7 +307,8 @@ def _evaluate_checkpoint(
     device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
     image_size = int(metadata["image_size"])
     method = metadata.get("config", {}).get("method", "")
-    settings = dict(mean=metadata["mean"], std=metadata["std"], batch_size=batch_size, device=device, image_size=image_size)
+    settings = dict(mean=metadata["mean"], std=metadata["std"], batch_size=batch_size, device=device,
+                    image_size=image_size)
     rows = []
     if clean is not None:
         images, labels = clean

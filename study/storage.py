@@ -299,4 +299,4 @@ def read_json(source: Where) -> Any:
 def open_input(source: Where) -> IO[bytes]:
     """A readable binary file on `source` (close it, or use it in a `with`)."""
     location = Location.of(source)
-    return location.filesystem.open_input_file(location.path)  # type: ignore[no-any-return]
+    return location.filesystem.open_input_file(location.path)

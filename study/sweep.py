@@ -25,16 +25,34 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import pandas as pd
 import torch
 
-from study.collection import (CONFIGS_OPTION, HYPERPARAMETERS_OPTION, OPTIONS_KEY, TRIAL_KEY, VARIED_KEY,
-                              TrialDescription, collect_trials, describe_trial, trial_status)
+from study.collection import (
+    CONFIGS_OPTION,
+    HYPERPARAMETERS_OPTION,
+    OPTIONS_KEY,
+    TRIAL_KEY,
+    VARIED_KEY,
+    TrialDescription,
+    collect_trials,
+    describe_trial,
+    trial_status,
+)
 from study.config import Config, ConfigError
-from study.launch import (RayContext, build_trainer, check_address, check_dataset, check_run_name, check_storage,
-                          connect_ray, dataset_slug, quiet_ray_train_info)
+from study.launch import (
+    RayContext,
+    build_trainer,
+    check_address,
+    check_dataset,
+    check_run_name,
+    check_storage,
+    connect_ray,
+    dataset_slug,
+    quiet_ray_train_info,
+)
 from study.spaces import StudySpace, TrialSpec, load_space, parse_space
 from study.storage import Location, read_json, write_json, write_table
 from study.tables import HISTORY_FILE, RESULTS_FILE, SEARCH, STUDY_FILE
@@ -174,7 +192,7 @@ def _check_study_folder(study_dir: Location, options: SweepOptions) -> None:
         raise ConfigError(f"study {study_dir} exists; pass --resume to continue it or --name to start another")
 
 
-def _checked_tracking(study_dir: Path, options: SweepOptions) -> tuple[Tracker, ...]:
+def _checked_tracking(study_dir: Location, options: SweepOptions) -> tuple[Tracker, ...]:
     """The validated trackers of `options.tracking`. A resumed study keeps the trackers it started with (Tune
     restores its callbacks with the experiment), so --resume refuses a different --tracking."""
     trackers = parse_tracking(options.tracking)
@@ -278,6 +296,7 @@ def plan(space: SpaceArgument, overrides: dict[str, Any] | None = None, options:
     check_storage(options.storage, probe=False)
     _checked_tracking(study_dir, options)
     if space.design == "search":
+        assert space.num_samples is not None  # study/spaces.py requires it of a search design
         trials = tuple(_planned_search(space, method, overrides, options) for method in space.methods)
         num_trials = space.num_samples * len(space.methods)
     else:
@@ -312,8 +331,9 @@ def _planned_trial(spec: TrialSpec) -> PlannedTrial:
 def _planned_search(space: StudySpace, method: str, overrides: dict[str, Any], options: SweepOptions) -> PlannedTrial:
     """A search design's line for one method: the fixed config its samples start from (as `_run_search` and
     `_searched_trial` build it) and the distributions searched on top of it."""
+    assert space.num_samples is not None  # study/spaces.py requires it of a search design
     config = space.config_for(method, {}, space.seeds[0], trial_overrides(overrides, options))
-    distributions = {}
+    distributions: dict[str, dict[str, Any]] = {}
     for name, distribution in space.distributions.items():
         if method not in distribution.methods:
             continue
@@ -352,7 +372,8 @@ def resolve_space(space: SpaceArgument) -> StudySpace:
                                   "from its file")
             if parse_space(space.path.read_text(), space.path, space.label) != space:
                 raise ConfigError(f"{space.label}: the StudySpace object differs from its file; a search design's "
-                                  "trials read the space from its file, so save the changes to a file and pass its path")
+                                  "trials read the space from its file, so save the changes to a file and pass its "
+                                  "path")
         return space
     if isinstance(space, os.PathLike):
         text = os.fspath(space)
@@ -407,10 +428,12 @@ def run_sweep(space: SpaceArgument, overrides: dict[str, Any] | None = None,
     per_trial = trial_resources(options, loader_workers)
     concurrency = checked_concurrency(ray.cluster_resources(), per_trial, options.max_concurrent)
     started = time.time()
-    study_info = read_json(study_dir / STUDY_FILE) if options.resume else {
+    study_info: dict[str, Any] = read_json(study_dir / STUDY_FILE) if options.resume else {
         "space": space.name, "space_file": str(space.path.resolve()), "design": space.design, "dataset": base.dataset,
         "model": base.model, "width": base.width, "image_size": base.image_size, "epochs": base.epochs,
-        "linear_epochs": base.linear_epochs, "num_trials": len(trials) or space.num_samples * len(space.methods),
+        "linear_epochs": base.linear_epochs,
+        # no expanded trials means a search design, which study/spaces.py makes carry num_samples
+        "num_trials": len(trials) or cast(int, space.num_samples) * len(space.methods),
         "seeds": list(space.seeds), "metric": space.metric,
         "overrides": overrides, "options": {**_recorded_options(options), "tracking": [t.value for t in trackers]},
         "tracking": tracker_locations(trackers, study_dir, name), "started": _now(), "hardware": _hardware(),
@@ -561,7 +584,8 @@ def _restoring_latest_available(function):
     `checkpoint_*` folder still beside it is restored instead, or, with none left, the trial starts over."""
     from ray.tune.trainable import wrap_function
 
-    class RestoringLatestAvailable(wrap_function(function)):
+    # mypy takes only a static base class; this one is the FunctionTrainable subclass Tune builds at run time
+    class RestoringLatestAvailable(wrap_function(function)):  # type: ignore[misc]
         def restore(self, checkpoint_path):
             checkpoint = getattr(checkpoint_path, "checkpoint", None)
             if checkpoint is None or _exists(checkpoint.filesystem, checkpoint.path):
@@ -644,6 +668,7 @@ def _run_search(space: StudySpace, method: str, overrides: dict[str, Any], optio
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    assert space.num_samples is not None  # study/spaces.py requires it of a search design
     trainable = tune.with_resources(_restoring_latest_available(_searched_trial), resources)
     experiment = study_dir / f"tune-{method}"
     if options.resume and tune.Tuner.can_restore(experiment.uri):
@@ -701,7 +726,7 @@ def _trial_line_callback(total: int):
     from ray.tune import Callback
 
     class _TrialLineCallback(Callback):
-        def setup(self, **info):
+        def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):  # Callback.setup's keywords
             self.started = self.last_status = time.monotonic()  # per fit(): a resumed sweep counts anew
 
         def _elapsed(self) -> str:

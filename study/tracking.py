@@ -66,7 +66,7 @@ class Tracker:
         """The `--tracking` value of this tracker as it may be written down (study.json): no password."""
         return f"{self.kind}:{self.public_target}" if self.target else self.kind
 
-    def location(self, study_dir: str | Path, study_name: str) -> str:
+    def location(self, study_dir: str | os.PathLike[str], study_name: str) -> str:
         """Where a user opens this tracker's runs of the study (one line; no password)."""
         if self.kind == "tensorboard":
             return f"tensorboard --logdir {study_dir} (event files in each trial folder)"
@@ -177,7 +177,8 @@ def _check_target(tracker: Tracker, value: str) -> None:
             raise ConfigError(f"--tracking {redact_uri(value)!r}: no MLflow server answers ({reason})") from None
 
 
-def tracker_locations(trackers: Iterable[Tracker], study_dir: str | Path, study_name: str) -> list[str]:
+def tracker_locations(trackers: Iterable[Tracker], study_dir: str | os.PathLike[str],
+                      study_name: str) -> list[str]:
     """One line per tracker saying where its runs of the study are (for study.json and the report)."""
     return [tracker.location(study_dir, study_name) for tracker in trackers]
 

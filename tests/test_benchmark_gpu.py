@@ -27,6 +27,7 @@ def tables(output: str) -> list[list[list[str]]]:
     return [table[2:] for table in found]
 
 
+@pytest.mark.slow  # the benchmark end to end: training steps of every method x precision, and the pipeline
 def test_smoke_run_measures_every_method_and_precision_and_the_pipeline(capsys):
     assert gpu.main(["--smoke", "--device", "cpu"]) == 0
     steps, pipeline = tables(capsys.readouterr().out)

@@ -15,6 +15,7 @@ import sys
 import textwrap
 
 import pandas as pd
+import pytest
 
 from analysis.report import build_report
 from analysis.stability import hyperparameter_columns, stability_table
@@ -50,6 +51,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a two-node cluster and three sweeps in a subprocess (no session fixture marks it): minutes
 def test_sweep_spreads_over_two_nodes_and_runs_multi_worker_trials(tmp_path):
     space = tmp_path / "two_nodes.yaml"
     space.write_text(textwrap.dedent("""

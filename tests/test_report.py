@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_plots import synthetic_pairs, synthetic_results, synthetic_robustness
 
 from analysis.report import FIGURE_DIR, SECTIONS, build_report, load_study
-from test_plots import synthetic_pairs, synthetic_results, synthetic_robustness
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -39,10 +39,10 @@ def write_study(directory: Path, *, results: pd.DataFrame | None = None, robustn
         robustness.to_parquet(directory / "robustness.parquet", index=False)
     if results is not None and "history" not in str(info):
         history = pd.DataFrame([
-            {"trial_id": t, "method": m, "stage": "ce" if m == "ce" else "contrastive", "epoch": e, "loss": 1.0 / (e + 1),
-             "lr": 0.5, "val_top1": 80.0 + e, "val_top5": 99.0, "images_per_second": 1500.0 + e,
-             "augment_fraction": 0.25,
-             "epoch_seconds": 4.0} for t, m in zip(results["trial_id"], results["method"]) for e in range(2)])
+            {"trial_id": t, "method": m, "stage": "ce" if m == "ce" else "contrastive", "epoch": e,
+             "loss": 1.0 / (e + 1), "lr": 0.5, "val_top1": 80.0 + e, "val_top5": 99.0, "images_per_second": 1500.0 + e,
+             "augment_fraction": 0.25, "epoch_seconds": 4.0}
+            for t, m in zip(results["trial_id"], results["method"], strict=True) for e in range(2)])
         history.to_parquet(directory / "history.parquet", index=False)
     return directory
 
@@ -248,6 +248,7 @@ def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # a real browser process, twice (where .ci/run installs chromium)
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="headless browser check needs Debian's chromium at "
                     "/usr/bin/chromium (apt-get install chromium); .ci/run installs it")
 def test_html_opens_in_headless_chromium(full_report, tmp_path):
@@ -347,3 +348,14 @@ def test_memory_bank_study_has_the_memory_section(tmp_path):
 
     other = build_report(write_study(tmp_path / "other", results=small_results()), n_boot=200)[1].read_text()
     assert "Memory of past batches" not in other
+
+
+def test_history_without_the_newer_columns(tmp_path):
+    """A study written before history.parquet had augment_fraction and epoch_seconds: the throughput line
+    reports what there is instead of crashing the report (pd.to_numeric(None) is a scalar, not a Series)."""
+    study = write_study(tmp_path / "older", results=small_results())
+    history = pd.read_parquet(study / "history.parquet").drop(columns=["augment_fraction", "epoch_seconds"])
+    history.to_parquet(study / "history.parquet", index=False)
+    text = build_report(study, n_boot=200)[0].read_text()
+    assert "Training history of" in text and "images/s, n/a s per epoch" in text
+    assert "in augmentation" not in text
