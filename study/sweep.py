@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from study.collection import (CONFIGS_OPTION, HYPERPARAMETERS_OPTION, OPTIONS_KEY, TRIAL_KEY, VARIED_KEY,
-                              TrialDescription, collect_trials, describe_trial, trial_status)
+                              TrialDescription, collect_trials, describe_trial, recorded_trial_configs, trial_status)
 from study.config import Config, ConfigError
 from study.launch import (RayContext, build_trainer, check_address, check_dataset, check_run_name, check_storage,
                           connect_ray, dataset_slug, quiet_ray_train_info)
@@ -516,13 +516,27 @@ def _trial_list_searcher(configs: list[dict[str, Any]]):
             super().__init__(metric=None, mode=None)
             self.configs = configs
             self.handed_out = 0
+            self.recorded: set[str] = set()  # trials a resumed experiment already holds: never handed out again
 
         # Tune's annotation leaves out the FINISHED its docstring asks for.
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
-            if self.handed_out >= len(self.configs):
-                return Searcher.FINISHED
-            self.handed_out += 1
-            return dict(self.configs[self.handed_out - 1])
+            while self.handed_out < len(self.configs):
+                self.handed_out += 1
+                config = self.configs[self.handed_out - 1]
+                if config[TRIAL_KEY] not in self.recorded:
+                    return dict(config)
+            return Searcher.FINISHED
+
+        def restore_from_dir(self, checkpoint_dir: str) -> None:
+            # Tune restores the trials from its experiment state and this count from the file written after it
+            # (on an object store, uploaded after it): a driver killed in between leaves the count behind or
+            # ahead, and a trial would run twice or never. The trials the experiment state holds decide.
+            from pyarrow.fs import LocalFileSystem
+
+            super().restore_from_dir(checkpoint_dir)
+            recorded = {config.get(TRIAL_KEY) for config in recorded_trial_configs(LocalFileSystem(), checkpoint_dir)}
+            if recorded:
+                self.recorded, self.handed_out = {str(name) for name in recorded}, 0
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             pass  # nothing to learn: the list is fixed
