@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import tempfile
 import time
 from dataclasses import dataclass
@@ -435,8 +436,9 @@ def run_sweep(space: SpaceArgument, overrides: dict[str, Any] | None = None,
             _run_grid(trials, options, study_dir, resources, trial_options, concurrency)
     except KeyboardInterrupt:
         shown = space_argument if isinstance(space_argument, str) else str(space.path)
-        print(f"\ninterrupted: the study is resumable with\n  run_study.py sweep --space {shown} "
-              f"--storage {options.storage} --name {name} --resume", flush=True)
+        # Quoted for a shell: an object-store URI's query holds `?` and `&`.
+        print(f"\ninterrupted: the study is resumable with\n  run_study.py sweep --space {shlex.quote(shown)} "
+              f"--storage {shlex.quote(options.storage)} --name {name} --resume", flush=True)
         raise
     wall = time.time() - started
     study_info.update(finished=_now(), wall_seconds=study_info.get("wall_seconds", 0) + wall)

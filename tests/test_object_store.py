@@ -198,3 +198,27 @@ def test_c_robustness_and_report_from_the_bucket(s3_server, two_node_cluster, se
     local = Path(re.search(r"local copy to open: (\S+)", printed).group(1))
     assert local.is_file() and local.read_bytes() == html
     assert not local_study_files(cwd)
+
+
+def test_the_resume_hint_of_an_interrupted_sweep_pastes_into_a_shell(s3_server, s3_study_root, tmp_path, monkeypatch,
+                                                                    capsys):
+    """The printed resume command keeps an object-store URI whole in a shell: its query's `&` sent the command
+    into the background and ran `scheme=http --name ...` as another one (the hint was not quoted)."""
+    import ray
+
+    import study.sweep
+
+    space = write_space(tmp_path, "hinted", "design: one_at_a_time\nmethods: [ce]\nvary:\n  lr: [0.1]\n", epochs=1)
+    monkeypatch.setattr(study.sweep, "connect_ray", lambda address=None: None)  # no Ray: interrupted at once
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study.sweep, "_run_grid", interrupted)
+    assert run_study.main(["sweep", "--space", str(space), "--storage", s3_study_root, "--name", "hinted"]) == 130
+    hint = re.search(r"resumable with\n\s+run_study\.py (sweep .*--resume)\n", capsys.readouterr().out)
+    assert hint, "no resume hint printed"
+    echoed = subprocess.run(["bash", "-c", f"printf '%s\\n' {hint.group(1)}; wait"], capture_output=True, text=True)
+    assert echoed.stdout.splitlines() == ["sweep", "--space", str(space), "--storage", s3_study_root, "--name",
+                                          "hinted", "--resume"], echoed
