@@ -190,6 +190,11 @@ def _trial_states(filesystem: FileSystem, experiment: str) -> list[_TrialState]:
     return states
 
 
+def recorded_trial_configs(filesystem: FileSystem, experiment: str) -> list[dict[str, Any]]:
+    """The Tune config of every trial in the experiment folder's newest experiment state ([] without one)."""
+    return [state.config for state in _trial_states(filesystem, experiment)]
+
+
 def _results(filesystem: FileSystem, folder: str) -> list[dict[str, Any]]:
     """A trial's reported results, oldest first, from its result.json (a line cut short by a kill is skipped)."""
     text = _read_text(filesystem, posixpath.join(folder, TRIAL_RESULTS_FILE)) or ""

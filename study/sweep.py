@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import tempfile
 import time
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from study.collection import (
     TrialDescription,
     collect_trials,
     describe_trial,
+    recorded_trial_configs,
     trial_status,
 )
 from study.config import Config, ConfigError
@@ -458,8 +460,9 @@ def run_sweep(space: SpaceArgument, overrides: dict[str, Any] | None = None,
             _run_grid(trials, options, study_dir, resources, trial_options, concurrency)
     except KeyboardInterrupt:
         shown = space_argument if isinstance(space_argument, str) else str(space.path)
-        print(f"\ninterrupted: the study is resumable with\n  run_study.py sweep --space {shown} "
-              f"--storage {options.storage} --name {name} --resume", flush=True)
+        # Quoted for a shell: an object-store URI's query holds `?` and `&`.
+        print(f"\ninterrupted: the study is resumable with\n  run_study.py sweep --space {shlex.quote(shown)} "
+              f"--storage {shlex.quote(options.storage)} --name {name} --resume", flush=True)
         raise
     wall = time.time() - started
     study_info.update(finished=_now(), wall_seconds=study_info.get("wall_seconds", 0) + wall)
@@ -539,13 +542,27 @@ def _trial_list_searcher(configs: list[dict[str, Any]]):
             super().__init__(metric=None, mode=None)
             self.configs = configs
             self.handed_out = 0
+            self.recorded: set[str] = set()  # trials a resumed experiment already holds: never handed out again
 
         # Tune's annotation leaves out the FINISHED its docstring asks for.
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
-            if self.handed_out >= len(self.configs):
-                return Searcher.FINISHED
-            self.handed_out += 1
-            return dict(self.configs[self.handed_out - 1])
+            while self.handed_out < len(self.configs):
+                self.handed_out += 1
+                config = self.configs[self.handed_out - 1]
+                if config[TRIAL_KEY] not in self.recorded:
+                    return dict(config)
+            return Searcher.FINISHED
+
+        def restore_from_dir(self, checkpoint_dir: str) -> None:
+            # Tune restores the trials from its experiment state and this count from the file written after it
+            # (on an object store, uploaded after it): a driver killed in between leaves the count behind or
+            # ahead, and a trial would run twice or never. The trials the experiment state holds decide.
+            from pyarrow.fs import LocalFileSystem
+
+            super().restore_from_dir(checkpoint_dir)
+            recorded = {config.get(TRIAL_KEY) for config in recorded_trial_configs(LocalFileSystem(), checkpoint_dir)}
+            if recorded:
+                self.recorded, self.handed_out = {str(name) for name in recorded}, 0
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             pass  # nothing to learn: the list is fixed

@@ -12,6 +12,7 @@ from typing import IO, Iterator
 
 import pytest
 import torch
+from s3_fixtures import s3_server, s3_study_root  # noqa: F401  (fixtures: the S3 server, a URI per test)
 
 # One intra-op thread per test process: Ray's trial and task processes run beside pytest's on these 2-core
 # machines, and oversubscribed BLAS threads slow everything down many times over when the machine is busy.

@@ -14,8 +14,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
+
+from study.storage import Location
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"dataset": "digits", "model": "resnet18", "width": 0.0625, "batch_size": 64, "linear_batch_size": 64,
@@ -57,10 +60,11 @@ def wait_for(condition: Callable[[], T], what: str, *, process: subprocess.Popen
     raise AssertionError(f"timed out waiting for {what}:\n{tail(log)}")
 
 
-def recorded_trials(experiment: Path) -> list[dict[str, str | None]]:
+def recorded_trials(experiment: Path | Location) -> list[dict[str, str | None]]:
     """Trials in Tune's newest experiment-state snapshot on storage (what a restore reads): their id, status,
-    and the checkpoint folder of their last recorded result (None when it carried none)."""
-    snapshots = sorted(experiment.glob("experiment_state-*.json"))
+    and the checkpoint folder of their last recorded result (None when it carried none). `experiment`: a
+    local folder, or a `study.storage.Location` on an object store."""
+    snapshots = sorted(experiment.glob("experiment_state-*.json"), key=lambda path: path.name)
     if not snapshots:
         return []
     try:
