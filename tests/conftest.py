@@ -123,9 +123,12 @@ def two_node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNo
     # Its own Ray temp folder: the session's local runtime keeps its files (and its `ray_current_cluster`).
     temp = f"{os.environ.get('RAY_TMPDIR', '/tmp/ray')}-cluster"
     os.makedirs(temp, exist_ok=True)
+    # OMP_NUM_THREADS=1: one intra-op thread in every process the nodes start, as in pytest's own (see the
+    # top): Ray would give a 2-CPU trial two, and three such trials on 2 shared cores spin more than they train.
     holder = subprocess.Popen([sys.executable, str(TESTS / "cluster_holder.py")], cwd=TESTS.parent, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log.open("w"),
-                              env={**os.environ, "RAY_TMPDIR": temp, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
+                              env={**os.environ, "RAY_TMPDIR": temp, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+                                   "OMP_NUM_THREADS": "1"})
     try:
         cluster = TwoNodeCluster(holder, log, temp)
     except BaseException:
