@@ -7,8 +7,9 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 import pytest
 import torch
@@ -74,7 +75,8 @@ class TwoNodeCluster:
         self._holder, self._log, self._lock = holder, log, threading.Lock()
         self.address = self._expect("ADDRESS")[0]
         self.head, self.worker = self._expect("NODES")
-        self.env = {**os.environ, "RAY_ADDRESS": self.address, "RAY_TMPDIR": ray_temp, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+        self.env = {**os.environ, "RAY_ADDRESS": self.address, "RAY_TMPDIR": ray_temp,
+                    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
                     # The nodes listen on 127.0.0.1 only; a driver must look for its raylet there too.
                     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
