@@ -23,10 +23,11 @@ from analysis.stability import hyperparameter_columns, stability_table
 from study.tables import RUNTIME_COLUMNS
 
 ASHA_EPOCHS = 2  # ASHA's rungs at epochs 1 and 2 (grace 1, factor 2): it can stop a trial at either
-# Three samples, one at a time, each a TorchTrainer (~35 s apiece on a loaded 2-core machine). The seeded sampler
-# draws the same lrs every run and training is deterministic: the first two complete, and the third is cut at
-# epoch 1 (5.6% val top-1 against 12.5% and 16.7%), so both ASHA outcomes occur.
-ASHA_SAMPLES = 3
+# Two samples, one at a time, each a TorchTrainer (~25-35 s apiece on a loaded 2-core machine). With the space's
+# seed 2 the seeded sampler draws the same lrs every run (0.027, then 0.0012) and training is deterministic: the
+# first completes and the second is cut at epoch 1 (9.7% val top-1 against 12.5%), so both ASHA outcomes occur.
+ASHA_SAMPLES = 2
+ASHA_SEED = 2
 
 SCRIPT = textwrap.dedent("""
     import json, sys
@@ -59,7 +60,7 @@ def test_sweep_spreads_over_two_nodes_and_runs_multi_worker_trials(two_node_clus
         name: asha_two_workers
         design: search
         methods: [ce]
-        seeds: [0]
+        seeds: [{ASHA_SEED}]
         metric: val_top1
         base: {TINY_BASE}, epochs: {ASHA_EPOCHS}}}
         distributions:
