@@ -56,8 +56,10 @@ def test_a_lost_node_s_trial_resumes_from_its_checkpoint_on_a_surviving_node(two
         driver = start(["run_study.py", "sweep", "--space", str(space), "--storage", str(storage), "--name",
                         "node-loss", "--address", cluster.address, "--cpus-per-worker", "2"], log, env=cluster.env)
         try:
-            victim, saved_epoch = wait_for(lambda: checkpointed_on(experiment, lost),
-                                           "a checkpoint of the trial on the added node", process=driver, log=log)
+            found = wait_for(lambda: checkpointed_on(experiment, lost), "a checkpoint of the trial on the added node",
+                             process=driver, log=log)
+            assert found is not None  # wait_for returns only what is truthy; for the type checker
+            victim, saved_epoch = found
             cluster.remove_node(lost)
             removed = True
             assert driver.wait(timeout=PATIENCE_SECONDS) == 0, tail(log)
