@@ -7,8 +7,9 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 import pytest
 import torch
@@ -75,7 +76,8 @@ class TwoNodeCluster:
         self._holder, self._log, self._lock = holder, log, threading.Lock()
         self.address = self._expect("ADDRESS")[0]
         self.head, self.worker = self._expect("NODES")
-        self.env = {**os.environ, "RAY_ADDRESS": self.address, "RAY_TMPDIR": ray_temp, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+        self.env = {**os.environ, "RAY_ADDRESS": self.address, "RAY_TMPDIR": ray_temp,
+                    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
                     # The nodes listen on 127.0.0.1 only; a driver must look for its raylet there too.
                     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
@@ -124,9 +126,12 @@ def two_node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNo
     # Its own Ray temp folder: the session's local runtime keeps its files (and its `ray_current_cluster`).
     temp = f"{os.environ.get('RAY_TMPDIR', '/tmp/ray')}-cluster"
     os.makedirs(temp, exist_ok=True)
+    # OMP_NUM_THREADS=1: one intra-op thread in every process the nodes start, as in pytest's own (see the
+    # top): Ray would give a 2-CPU trial two, and three such trials on 2 shared cores spin more than they train.
     holder = subprocess.Popen([sys.executable, str(TESTS / "cluster_holder.py")], cwd=TESTS.parent, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log.open("w"),
-                              env={**os.environ, "RAY_TMPDIR": temp, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
+                              env={**os.environ, "RAY_TMPDIR": temp, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+                                   "OMP_NUM_THREADS": "1"})
     try:
         cluster = TwoNodeCluster(holder, log, temp)
     except BaseException:
