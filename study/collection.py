@@ -195,6 +195,13 @@ def recorded_trial_configs(filesystem: FileSystem, experiment: str) -> list[dict
     return [state.config for state in _trial_states(filesystem, experiment)]
 
 
+def unfinished_trial_ids(filesystem: FileSystem, experiment: str) -> set[str]:
+    """The Tune ids of the trials the newest experiment state holds as not finished (pending, running, paused):
+    the ones a resumed experiment runs."""
+    return {state.trial_id for state in _trial_states(filesystem, experiment)
+            if state.status not in ("TERMINATED", "ERROR")}
+
+
 def _results(filesystem: FileSystem, folder: str) -> list[dict[str, Any]]:
     """A trial's reported results, oldest first, from its result.json (a line cut short by a kill is skipped)."""
     text = _read_text(filesystem, posixpath.join(folder, TRIAL_RESULTS_FILE)) or ""

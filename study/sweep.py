@@ -42,6 +42,7 @@ from study.collection import (
     describe_trial,
     recorded_trial_configs,
     trial_status,
+    unfinished_trial_ids,
 )
 from study.config import Config, ConfigError
 from study.launch import (
@@ -490,8 +491,8 @@ def _run_grid(trials: list[TrialSpec], options: SweepOptions, study_dir: Locatio
         tuner = tune.Tuner(
             trainable,
             param_space={OPTIONS_KEY: shared},
-            tune_config=tune.TuneConfig(search_alg=_trial_list_searcher(configs), num_samples=len(configs),
-                                        max_concurrent_trials=concurrency, reuse_actors=_reuse_actors(options),
+            tune_config=tune.TuneConfig(search_alg=_trial_list_limiter(_trial_list_searcher(configs), concurrency),
+                                        num_samples=len(configs), reuse_actors=_reuse_actors(options),
                                         trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_name),
             run_config=_tune_run_config(experiment, options, total=len(trials)),
         )
@@ -543,6 +544,7 @@ def _trial_list_searcher(configs: list[dict[str, Any]]):
             self.configs = configs
             self.handed_out = 0
             self.recorded: set[str] = set()  # trials a resumed experiment already holds: never handed out again
+            self.unfinished: set[str] | None = None  # after a restore: the Tune ids of the trials it runs
 
         # Tune's annotation leaves out the FINISHED its docstring asks for.
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
@@ -563,6 +565,7 @@ def _trial_list_searcher(configs: list[dict[str, Any]]):
             recorded = {config.get(TRIAL_KEY) for config in recorded_trial_configs(LocalFileSystem(), checkpoint_dir)}
             if recorded:
                 self.recorded, self.handed_out = {str(name) for name in recorded}, 0
+            self.unfinished = unfinished_trial_ids(LocalFileSystem(), checkpoint_dir)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             pass  # nothing to learn: the list is fixed
@@ -580,6 +583,29 @@ def _trial_list_searcher(configs: list[dict[str, Any]]):
             self.set_state(json.loads(Path(checkpoint_path).read_text()))
 
     return TrialList(configs)
+
+
+def _trial_list_limiter(searcher: Any, max_concurrent: int) -> Any:
+    """Tune's ConcurrencyLimiter over a `_trial_list_searcher`, with its count of live trials taken from the
+    experiment state on a resume.
+
+    Tune restores the limiter's live trials from the search snapshot, saved (and on an object store uploaded)
+    apart from the experiment state. A driver killed in between leaves a live trial there that the experiment
+    state has finished or never held: it never completes again, keeps its slot for good, and at the limit the
+    resumed sweep waits forever (seen with --max-concurrent 1). The restored experiment's unfinished trials are
+    exactly the live ones."""
+    from ray.tune.search import ConcurrencyLimiter
+
+    class TrialListLimiter(ConcurrencyLimiter):
+        def suggest(self, trial_id: str) -> dict | None:
+            trial_list: Any = self.searcher
+            if trial_list.unfinished is not None:  # the first suggestion after a restore
+                self.live_trials = set(trial_list.unfinished)
+                self.num_unfinished_live_trials = len(self.live_trials)
+                trial_list.unfinished = None
+            return super().suggest(trial_id)
+
+    return TrialListLimiter(searcher, max_concurrent=max_concurrent)
 
 
 def _raise_if_interrupted(results, expected: int) -> None:

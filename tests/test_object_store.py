@@ -59,8 +59,14 @@ def key_of(uri: str) -> str:
 
 def run_cli(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     """`python run_study.py ARGV` from the repository, in the folder `cwd`; fails the test on a non-zero exit."""
-    completed = subprocess.run([sys.executable, str(REPO / "run_study.py"), *argv], cwd=cwd, env=env,
-                               capture_output=True, text=True, timeout=PATIENCE_SECONDS)
+    try:
+        completed = subprocess.run([sys.executable, str(REPO / "run_study.py"), *argv], cwd=cwd, env=env,
+                                   capture_output=True, text=True, timeout=PATIENCE_SECONDS)
+    except subprocess.TimeoutExpired as timeout:  # say where it stuck: the command's own output
+        output = [text.decode(errors="replace") if isinstance(text, bytes) else text or ""
+                  for text in (timeout.stdout, timeout.stderr)]
+        pytest.fail(f"run_study.py {' '.join(argv)} still running after {PATIENCE_SECONDS} s:\n"
+                    + output[0][-4000:] + output[1][-6000:])
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return completed
 

@@ -147,3 +147,39 @@ def test_invalid_spaces_are_rejected_before_ray_starts(tmp_path):
     assert not (tmp_path / "runs").exists()
     with pytest.raises(ConfigError, match="not a study folder"):
         run_sweep("quick", {}, SweepOptions(storage=str(tmp_path / "runs"), resume=True))
+
+
+def test_a_resumed_trial_list_frees_the_slots_of_trials_the_experiment_state_has_finished(tmp_path):
+    """A driver killed between Tune's two snapshots leaves the concurrency limiter's live trials out of step
+    with the experiment state: a trial the state has finished stays 'live' forever. At --max-concurrent 1 the
+    resumed sweep then waited forever (tests/test_object_store.py hung so, now and then). After a restore the
+    live trials are the experiment state's unfinished ones."""
+    from ray.tune.search import ConcurrencyLimiter
+
+    from study.collection import TRIAL_KEY
+    from study.sweep import _trial_list_limiter, _trial_list_searcher
+
+    def trial(trial_id: str, name: str, status: str) -> list[str]:
+        state = {"trial_id": trial_id, "status": status, "config": {TRIAL_KEY: name}, "relative_logdir": name}
+        return [json.dumps(state), json.dumps({})]
+
+    (tmp_path / "experiment_state-2026-12-07_23-00-00.json").write_text(json.dumps(
+        {"trial_data": [trial("id-a", "a", "TERMINATED"), trial("id-b", "b", "RUNNING")]}))
+    (tmp_path / "trial-list-state-x.json").write_text(json.dumps({"handed_out": 2, "trials": 3}))
+    configs = [{TRIAL_KEY: name} for name in ("a", "b", "c")]
+
+    def resumed(limiter):
+        limiter.live_trials, limiter.num_unfinished_live_trials = {"id-a"}, 1  # the search snapshot's, behind
+        limiter.searcher.restore_from_dir(str(tmp_path))
+        return limiter
+
+    stuck = resumed(ConcurrencyLimiter(_trial_list_searcher(configs), max_concurrent=1))
+    stuck.on_trial_complete("id-b")
+    assert stuck.suggest("id-c") is None  # Tune's own limiter: 'a' holds the only slot for good
+
+    limiter = resumed(_trial_list_limiter(_trial_list_searcher(configs), max_concurrent=1))
+    assert limiter.suggest("id-c") is None  # 'b' runs: the limit holds
+    limiter.on_trial_complete("id-b")
+    assert limiter.suggest("id-c") == {TRIAL_KEY: "c"}  # only 'c' is left to hand out
+    limiter.on_trial_complete("id-c")
+    assert limiter.suggest("id-d") == "FINISHED"
