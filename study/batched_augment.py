@@ -24,8 +24,8 @@ Where the batched path differs from the per-image path (listed in FIDELITY.md):
   (kornia's own crop converts the full-size batch to float first and resizes without antialiasing: 2-3x
   slower on the CPU at 224 px.)
 - Colour jitter: kornia's `ColorJitter` uses torchvision's formulas (multiplicative brightness, blends
-  towards the grey mean / grey image, torchvision's hue shift, here on torchvision's own batched HSV
-  kernels, which are faster on the CPU) and draws the factors per sample, but one random order of the four
+  towards the grey mean / grey image, torchvision's hue shift, here computed by `_adjust_hue`, faster on
+  the CPU than kornia's, same result) and draws the factors per sample, but one random order of the four
   steps per batch, not per image.
 - AutoAugment / RandAugment: torchvision's op tables with per-sample op choice, probability, magnitude and
   sign (kornia's own `auto.RandAugment`/`AutoAugment` choose the ops once per batch, and its RandAugment
