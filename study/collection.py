@@ -190,16 +190,13 @@ def _trial_states(filesystem: FileSystem, experiment: str) -> list[_TrialState]:
     return states
 
 
-def recorded_trial_configs(filesystem: FileSystem, experiment: str) -> list[dict[str, Any]]:
-    """The Tune config of every trial in the experiment folder's newest experiment state ([] without one)."""
-    return [state.config for state in _trial_states(filesystem, experiment)]
-
-
-def unfinished_trial_ids(filesystem: FileSystem, experiment: str) -> set[str]:
-    """The Tune ids of the trials the newest experiment state holds as not finished (pending, running, paused):
-    the ones a resumed experiment runs."""
-    return {state.trial_id for state in _trial_states(filesystem, experiment)
-            if state.status not in ("TERMINATED", "ERROR")}
+def recorded_trials(filesystem: FileSystem, experiment: str) -> tuple[set[str], set[str]]:
+    """What a resumed experiment holds, from its newest experiment state (two empty sets without one): the names
+    (`trial` key) of every trial it recorded, and the Tune ids of those not finished (pending, running, paused),
+    the ones it runs again."""
+    states = _trial_states(filesystem, experiment)
+    names = {str(state.config[TRIAL_KEY]) for state in states if TRIAL_KEY in state.config}
+    return names, {state.trial_id for state in states if state.status not in ("TERMINATED", "ERROR")}
 
 
 def _results(filesystem: FileSystem, folder: str) -> list[dict[str, Any]]:

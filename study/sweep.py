@@ -40,9 +40,8 @@ from study.collection import (
     TrialDescription,
     collect_trials,
     describe_trial,
-    recorded_trial_configs,
+    recorded_trials,
     trial_status,
-    unfinished_trial_ids,
 )
 from study.config import Config, ConfigError
 from study.launch import (
@@ -562,10 +561,9 @@ def _trial_list_searcher(configs: list[dict[str, Any]]):
             from pyarrow.fs import LocalFileSystem
 
             super().restore_from_dir(checkpoint_dir)
-            recorded = {config.get(TRIAL_KEY) for config in recorded_trial_configs(LocalFileSystem(), checkpoint_dir)}
+            recorded, self.unfinished = recorded_trials(LocalFileSystem(), checkpoint_dir)
             if recorded:
-                self.recorded, self.handed_out = {str(name) for name in recorded}, 0
-            self.unfinished = unfinished_trial_ids(LocalFileSystem(), checkpoint_dir)
+                self.recorded, self.handed_out = recorded, 0
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             pass  # nothing to learn: the list is fixed
