@@ -16,6 +16,7 @@ A bad command answers ``ERROR <why>`` and the holder goes on. End of input shuts
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 
@@ -25,7 +26,7 @@ OBJECT_STORE_BYTES = 150 * 1024 * 1024
 
 
 def _free_port() -> int:
-    """A free loopback port for the head's dashboard (the session's local runtime may hold Ray's default)."""
+    """A free loopback port for the head's GCS or dashboard (the session's local runtime may hold Ray's defaults)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -40,12 +41,19 @@ def main() -> int:
 
     from study.launch import _loopback_only
 
+    # Every process of the nodes inherits RAY_ADDRESS, its own cluster's: Ray Train's placement-group cleaner
+    # asks the State API whether its controller lives, and without an address that API picks one of the Ray
+    # instances on this machine by Ray's address file; picking another one, it took a running trial's
+    # controller for dead and freed its placement group (seen with pytest-xdist's second worker beside).
+    gcs_port = _free_port()
+    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"
     # Ray's cluster mode off while the nodes start: every node, and every process it starts, listens on
     # 127.0.0.1 alone (as `connect_ray` starts a local runtime). The nodes' processes inherit it.
     with _loopback_only():
         # The dashboard serves the State API, which Ray Train's controller needs (see study/launch.py).
         cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": CPUS_PER_NODE, "object_store_memory": OBJECT_STORE_BYTES, "include_dashboard": True,
+            "num_cpus": CPUS_PER_NODE, "gcs_server_port": gcs_port, "object_store_memory": OBJECT_STORE_BYTES,
+            "include_dashboard": True,
             "dashboard_host": "127.0.0.1", "dashboard_port": _free_port()})
         first = cluster.add_node(num_cpus=CPUS_PER_NODE, object_store_memory=OBJECT_STORE_BYTES)
         cluster.wait_for_nodes()

@@ -18,25 +18,40 @@ from s3_fixtures import s3_server, s3_study_root  # noqa: F401  (fixtures: the S
 # One intra-op thread per test process: Ray's trial and task processes run beside pytest's on these 2-core
 # machines, and oversubscribed BLAS threads slow everything down many times over when the machine is busy.
 torch.set_num_threads(1)
+# Ray Train's controller polls its workers every 2 s by default, so every Train run (one per test of the
+# launch, CLI and fault tests) idles up to 2 s at each state change; the tests' runs last seconds, not hours.
+# Set before any Ray runtime starts, so the raylets and every Train process (here or in a subprocess) inherit it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TESTS = Path(__file__).resolve().parent
 # Session fixtures that start a Ray runtime, a cluster or a server: a test using one is in the slow tier.
 SLOW_FIXTURES = frozenset({"ray_session", "two_node_cluster", "s3_server"})
-# Tests on the two-node cluster run last: its idle processes would tax every test after them.
+# Tests on the two-node cluster run last: its idle processes would tax every test after them. The fault tests
+# run just before them: under xdist the other worker has finished the fast tests by then, and these tests time
+# their kills against the files Tune writes (see the known limit on a kill during Tune's snapshot upload in
+# RELIABILITY.md), which a loaded machine stretches.
 CLUSTER_FIXTURE = "two_node_cluster"
+# Under pytest-xdist (the README's `-n 2`, with `--dist loadgroup` from pyproject.toml) the slow tests form one
+# group that one worker runs in order, exactly as a serial run does (one local Ray runtime, the cluster last,
+# never two of these tests at once), while the other worker takes the fast tests beside them.
+SLOW_GROUP = "slow"
 CIFAR_SUBSET_TAR = SHARED / "data" / "cifar10-jpeg-subset.tar"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark slow every test that uses a Ray/cluster/S3 session fixture or lives under tests/faults/, and move the
-    two-node cluster's tests to the end of the session (stable sort: the rest keep their order)."""
+    """Mark slow every test that uses a Ray/cluster/S3 session fixture or lives under tests/faults/, put every
+    slow test in one xdist group (`SLOW_GROUP`), and move the two-node cluster's tests to the end of the
+    session, the fault tests just before them (stable sort: the rest keep their order)."""
     faults = TESTS / "faults"
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & SLOW_FIXTURES or faults in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: CLUSTER_FIXTURE in getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group(SLOW_GROUP))
+    items.sort(key=lambda item: (CLUSTER_FIXTURE in getattr(item, "fixturenames", ()),
+                                 faults in Path(str(item.path)).parents))
 
 
 @pytest.fixture(scope="session")
