@@ -490,7 +490,7 @@ def _run_grid(trials: list[TrialSpec], options: SweepOptions, study_dir: Locatio
         tuner = tune.Tuner(
             trainable,
             param_space={OPTIONS_KEY: shared},
-            tune_config=tune.TuneConfig(search_alg=_trial_list_limiter(_trial_list_searcher(configs), concurrency),
+            tune_config=tune.TuneConfig(search_alg=_restored_limiter(_trial_list_searcher(configs), concurrency),
                                         num_samples=len(configs), reuse_actors=_reuse_actors(options),
                                         trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_name),
             run_config=_tune_run_config(experiment, options, total=len(trials)),
@@ -583,9 +583,9 @@ def _trial_list_searcher(configs: list[dict[str, Any]]):
     return TrialList(configs)
 
 
-def _trial_list_limiter(searcher: Any, max_concurrent: int) -> Any:
-    """Tune's ConcurrencyLimiter over a `_trial_list_searcher`, with its count of live trials taken from the
-    experiment state on a resume.
+def _restored_limiter(searcher: Any, max_concurrent: int) -> Any:
+    """Tune's ConcurrencyLimiter over a searcher that records the experiment state's unfinished trials when it
+    is restored (`_trial_list_searcher`, `_optuna_searcher`), with its count of live trials taken from them.
 
     Tune restores the limiter's live trials from the search snapshot, saved (and on an object store uploaded)
     apart from the experiment state. A driver killed in between leaves a live trial there that the experiment
@@ -594,16 +594,32 @@ def _trial_list_limiter(searcher: Any, max_concurrent: int) -> Any:
     exactly the live ones."""
     from ray.tune.search import ConcurrencyLimiter
 
-    class TrialListLimiter(ConcurrencyLimiter):
+    class RestoredLimiter(ConcurrencyLimiter):
         def suggest(self, trial_id: str) -> dict | None:
-            trial_list: Any = self.searcher
-            if trial_list.unfinished is not None:  # the first suggestion after a restore
-                self.live_trials = set(trial_list.unfinished)
+            restored: Any = self.searcher
+            if restored.unfinished is not None:  # the first suggestion after a restore
+                self.live_trials = set(restored.unfinished)
                 self.num_unfinished_live_trials = len(self.live_trials)
-                trial_list.unfinished = None
+                restored.unfinished = None
             return super().suggest(trial_id)
 
-    return TrialListLimiter(searcher, max_concurrent=max_concurrent)
+    return RestoredLimiter(searcher, max_concurrent=max_concurrent)
+
+
+def _optuna_searcher(**kwargs: Any) -> Any:
+    """Tune's OptunaSearch(**kwargs) that records the experiment state's unfinished trials when it is restored,
+    for `_restored_limiter`."""
+    from pyarrow.fs import LocalFileSystem
+    from ray.tune.search.optuna import OptunaSearch
+
+    class RestorableOptunaSearch(OptunaSearch):
+        unfinished: set[str] | None = None  # after a restore: the Tune ids of the trials the experiment runs
+
+        def restore_from_dir(self, checkpoint_dir: str) -> None:
+            super().restore_from_dir(checkpoint_dir)
+            self.unfinished = recorded_trials(LocalFileSystem(), checkpoint_dir)[1]
+
+    return RestorableOptunaSearch(**kwargs)
 
 
 def _raise_if_interrupted(results, expected: int) -> None:
@@ -706,9 +722,6 @@ def _run_search(space: StudySpace, method: str, overrides: dict[str, Any], optio
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
     assert space.num_samples is not None  # study/spaces.py requires it of a search design
     trainable = tune.with_resources(_restoring_latest_available(_searched_trial), resources)
     experiment = study_dir / f"tune-{method}"
@@ -718,7 +731,7 @@ def _run_search(space: StudySpace, method: str, overrides: dict[str, Any], optio
         _raise_if_interrupted(results, expected=space.num_samples)
         return
     storage_url = options.optuna_storage or f"sqlite:///{_local_optuna_file(study_dir)}"
-    searcher = OptunaSearch(  # the space's first seed seeds the sampler too: the same space samples the same
+    searcher = _optuna_searcher(  # the space's first seed seeds the sampler too: the same space samples the same
         space=space.search_space(method), metric=space.metric, mode=space.mode,
         sampler=space.make_sampler(seed=space.seeds[0]),
         study_name=f"{space.name}-{method}", storage=optuna.storages.RDBStorage(storage_url),
@@ -740,7 +753,7 @@ def _run_search(space: StudySpace, method: str, overrides: dict[str, Any], optio
     tuner = tune.Tuner(
         trainable,
         param_space={"method": method, "seed": space.seeds[0], OPTIONS_KEY: run_options},
-        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
+        tune_config=tune.TuneConfig(search_alg=_restored_limiter(searcher, max_concurrent=concurrency),
                                     scheduler=scheduler, num_samples=space.num_samples,
                                     reuse_actors=_reuse_actors(options)),
         run_config=_tune_run_config(experiment, options, total=space.num_samples),

@@ -149,6 +149,26 @@ def test_invalid_spaces_are_rejected_before_ray_starts(tmp_path):
         run_sweep("quick", {}, SweepOptions(storage=str(tmp_path / "runs"), resume=True))
 
 
+def write_killed_experiment_state(folder: Path) -> None:
+    """An experiment state as a driver killed between Tune's two snapshots leaves it: trial 'a' (id-a) finished,
+    'b' (id-b) running. The search snapshot, written before, still counts 'a' as live."""
+    from study.collection import TRIAL_KEY
+
+    def trial(trial_id: str, name: str, status: str) -> list[str]:
+        state = {"trial_id": trial_id, "status": status, "config": {TRIAL_KEY: name}, "relative_logdir": name}
+        return [json.dumps(state), json.dumps({})]
+
+    (folder / "experiment_state-2026-12-07_23-00-00.json").write_text(json.dumps(
+        {"trial_data": [trial("id-a", "a", "TERMINATED"), trial("id-b", "b", "RUNNING")]}))
+
+
+def resumed(limiter, folder: Path):
+    """`limiter` as Tune restores it from `folder`: its live trials from the (stale) search snapshot."""
+    limiter.live_trials, limiter.num_unfinished_live_trials = {"id-a"}, 1
+    limiter.searcher.restore_from_dir(str(folder))
+    return limiter
+
+
 def test_a_resumed_trial_list_frees_the_slots_of_trials_the_experiment_state_has_finished(tmp_path):
     """A driver killed between Tune's two snapshots leaves the concurrency limiter's live trials out of step
     with the experiment state: a trial the state has finished stays 'live' forever. At --max-concurrent 1 the
@@ -157,29 +177,47 @@ def test_a_resumed_trial_list_frees_the_slots_of_trials_the_experiment_state_has
     from ray.tune.search import ConcurrencyLimiter
 
     from study.collection import TRIAL_KEY
-    from study.sweep import _trial_list_limiter, _trial_list_searcher
+    from study.sweep import _restored_limiter, _trial_list_searcher
 
-    def trial(trial_id: str, name: str, status: str) -> list[str]:
-        state = {"trial_id": trial_id, "status": status, "config": {TRIAL_KEY: name}, "relative_logdir": name}
-        return [json.dumps(state), json.dumps({})]
-
-    (tmp_path / "experiment_state-2026-12-07_23-00-00.json").write_text(json.dumps(
-        {"trial_data": [trial("id-a", "a", "TERMINATED"), trial("id-b", "b", "RUNNING")]}))
+    write_killed_experiment_state(tmp_path)
     (tmp_path / "trial-list-state-x.json").write_text(json.dumps({"handed_out": 2, "trials": 3}))
     configs = [{TRIAL_KEY: name} for name in ("a", "b", "c")]
 
-    def resumed(limiter):
-        limiter.live_trials, limiter.num_unfinished_live_trials = {"id-a"}, 1  # the search snapshot's, behind
-        limiter.searcher.restore_from_dir(str(tmp_path))
-        return limiter
-
-    stuck = resumed(ConcurrencyLimiter(_trial_list_searcher(configs), max_concurrent=1))
+    stuck = resumed(ConcurrencyLimiter(_trial_list_searcher(configs), max_concurrent=1), tmp_path)
     stuck.on_trial_complete("id-b")
     assert stuck.suggest("id-c") is None  # Tune's own limiter: 'a' holds the only slot for good
 
-    limiter = resumed(_trial_list_limiter(_trial_list_searcher(configs), max_concurrent=1))
+    limiter = resumed(_restored_limiter(_trial_list_searcher(configs), max_concurrent=1), tmp_path)
     assert limiter.suggest("id-c") is None  # 'b' runs: the limit holds
     limiter.on_trial_complete("id-b")
     assert limiter.suggest("id-c") == {TRIAL_KEY: "c"}  # only 'c' is left to hand out
     limiter.on_trial_complete("id-c")
     assert limiter.suggest("id-d") == "FINISHED"
+
+
+def test_a_resumed_optuna_search_frees_the_slots_of_trials_the_experiment_state_has_finished(tmp_path):
+    """The same for a search design (Optuna): Tune's own limiter stays stuck, ours suggests again once the
+    trial the experiment state runs has finished."""
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from study.sweep import _optuna_searcher, _restored_limiter
+
+    def searcher(kind):
+        return kind(space={"lr": optuna.distributions.FloatDistribution(0.01, 1.0, log=True)}, metric="val_top1",
+                    mode="max", sampler=optuna.samplers.RandomSampler(seed=0))
+
+    write_killed_experiment_state(tmp_path)
+    before_kill = searcher(OptunaSearch)
+    assert before_kill.suggest("id-a") and before_kill.suggest("id-b")
+    before_kill.save_to_dir(str(tmp_path), "x")
+    result = {"val_top1": 50.0}
+
+    stuck = resumed(ConcurrencyLimiter(searcher(OptunaSearch), max_concurrent=1), tmp_path)
+    stuck.on_trial_complete("id-b", result)
+    assert stuck.suggest("id-c") is None  # Tune's own limiter: 'a' holds the only slot for good
+
+    limiter = resumed(_restored_limiter(searcher(_optuna_searcher), max_concurrent=1), tmp_path)
+    assert limiter.suggest("id-c") is None  # 'b' runs: the limit holds
+    limiter.on_trial_complete("id-b", result)
+    assert set(limiter.suggest("id-c")) == {"lr"}  # a new sample
