@@ -722,6 +722,7 @@ def _run_search(space: StudySpace, method: str, overrides: dict[str, Any], optio
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
+
     assert space.num_samples is not None  # study/spaces.py requires it of a search design
     trainable = tune.with_resources(_restoring_latest_available(_searched_trial), resources)
     experiment = study_dir / f"tune-{method}"
