@@ -52,7 +52,6 @@ import torch.nn.functional as F
 from kornia.geometry.transform import get_rotation_matrix2d, warp_affine
 from torch import nn
 from torchvision.transforms import v2
-from torchvision.transforms.v2.functional._color import _rgb_to_hsv  # batched RGB -> HSV (no public API)
 
 from study.augment import (
     _AUTOAUGMENT_POLICY,
@@ -232,15 +231,23 @@ def _with_batched_hue(jitter: K.ColorJitter) -> K.ColorJitter:
 
 
 def _adjust_hue(image: torch.Tensor, factor: float | torch.Tensor) -> torch.Tensor:
-    """kornia.enhance.adjust_hue's contract (`factor`: a shift per sample in radians): torchvision's batched
-    RGB -> HSV, the shift, and HSV -> RGB in closed form (f(n) = V - V S clamp(min(k, 4 - k), 0, 1) with
-    k = (n + 6 H) mod 6 and n = 5, 3, 1 for R, G, B), which needs none of the gathers of the tabulated form."""
+    """kornia.enhance.adjust_hue's contract (`factor`: a shift per sample in radians), computed as torchvision's
+    RGB -> HSV hue (its formulas, in sextants h in [-1, 5)), the shift, and HSV -> RGB in closed form:
+    f(n) = V - C clamp(min(k, 4 - k), 0, 1) with k = (n + h + 6 turns) mod 6, n = 5, 3, 1 for R, G, B, and
+    chroma C = V S = max - min. Elementwise maxima instead of a reduction over the channel dimension and no
+    gathers: about 6x faster than torchvision's `_rgb_to_hsv` alone on the CPU (aminmax over 3 channels)."""
     turns = torch.as_tensor(factor, dtype=image.dtype, device=image.device) / (2 * math.pi)
-    hue, saturation, value = _rgb_to_hsv(image).unbind(-3)
+    red, green, blue = image.unbind(-3)
+    value = torch.maximum(torch.maximum(red, green), blue)
+    chroma = value - torch.minimum(torch.minimum(red, green), blue)
+    is_red, is_green = value == red, value == green  # torchvision's precedence: red, then green, then blue
+    difference = torch.where(is_red, green - blue, torch.where(is_green, blue - red, red - green))
+    offset = torch.where(is_red, 0.0, torch.where(is_green, 2.0, 4.0))
+    sextant = difference / torch.where(chroma > 0, chroma, 1.0) + offset
     n = torch.tensor([5.0, 3.0, 1.0], dtype=image.dtype, device=image.device).view(3, 1, 1)
-    k = (hue + turns.view(-1, 1, 1)).unsqueeze(-3).mul(6).add(n).remainder_(6)
+    k = (sextant + 6 * turns.view(-1, 1, 1)).unsqueeze(-3).add(n).remainder_(6)
     ramp = torch.minimum(k, 4 - k).clamp_(0, 1)
-    return value.unsqueeze(-3) - (value * saturation).unsqueeze(-3) * ramp
+    return value.unsqueeze(-3) - chroma.unsqueeze(-3) * ramp
 
 
 def _to_unit_float(images: torch.Tensor) -> torch.Tensor:
