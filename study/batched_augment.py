@@ -234,8 +234,9 @@ def _adjust_hue(image: torch.Tensor, factor: float | torch.Tensor) -> torch.Tens
     """kornia.enhance.adjust_hue's contract (`factor`: a shift per sample in radians), computed as torchvision's
     RGB -> HSV hue (its formulas, in sextants h in [-1, 5)), the shift, and HSV -> RGB in closed form:
     f(n) = V - C clamp(min(k, 4 - k), 0, 1) with k = (n + h + 6 turns) mod 6, n = 5, 3, 1 for R, G, B, and
-    chroma C = V S = max - min. Elementwise maxima instead of a reduction over the channel dimension and no
-    gathers: about 6x faster than torchvision's `_rgb_to_hsv` alone on the CPU (aminmax over 3 channels)."""
+    chroma C = V S = max - min. Elementwise maxima instead of torchvision's `aminmax` over the channel dimension
+    and no gathers: the step took 47-65 ms instead of 62-74 ms for 32 views at 224 px on one core here
+    (BENCHMARKS.md section 6)."""
     turns = torch.as_tensor(factor, dtype=image.dtype, device=image.device) / (2 * math.pi)
     red, green, blue = image.unbind(-3)
     value = torch.maximum(torch.maximum(red, green), blue)
