@@ -388,8 +388,8 @@ def test_one_worker_tune_trial_records_the_augmentation_share(ray_session, tmp_p
 
 
 def test_jitter_hue_runs_on_the_batched_kernels_with_kornias_result():
-    """The jitter's hue step is the torchvision-kernel one (a kornia release that drops the hook fails here,
-    not silently slower), and it shifts hue exactly as kornia's adjust_hue, per sample."""
+    """The jitter's hue step is ours, `_adjust_hue` (a kornia release that drops the hook fails here, not
+    silently slower), and it shifts hue exactly as kornia's adjust_hue, per sample."""
     import kornia
 
     from study.batched_augment import _adjust_hue
