@@ -24,7 +24,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_BENCHMARKS = ("loss", "memory", "ray_overhead", "sweep_efficiency", "data", "augment", "corruptions",
-                  "coverage")
+                  "coverage", "snapshot_copy")
 BENCHMARKS = CPU_BENCHMARKS + ("gpu",)
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from study.checkpoint import MODEL_FILE
 from study.config import Config, ConfigError
-from study.storage import Location, write_json
+from study.storage import Location, ray_storage, write_json
 from study.train import RunContext, format_progress, train
 
 DEFAULT_STORAGE = "./runs"
@@ -276,6 +276,9 @@ def build_trainer(config: Config, *, storage: str, name: str, max_failures: int 
     loop_config: dict[str, Any] = {"config": config.to_dict()}
     if train_fn is not None:
         loop_config["train_fn"] = train_fn
+    # On a local disk, a filesystem that writes each file atomically: Train rewrites its run snapshot
+    # (`checkpoint_manager_snapshot.json`, which a rerun resumes from) in place otherwise.
+    storage_path, storage_filesystem = ray_storage(storage)
     return TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config=loop_config,
@@ -286,17 +289,13 @@ def build_trainer(config: Config, *, storage: str, name: str, max_failures: int 
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=storage_uri(storage),
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=2),  # two, so a corrupt latest has a fallback
             failure_config=FailureConfig(max_failures=max_failures),
             callbacks=callbacks,
         ),
     )
-
-
-def storage_uri(storage: str) -> str:
-    """What Ray's `storage_path` takes: an absolute local path, or the URI (s3://, gs://, ...) with its query."""
-    return Location.of(storage).uri
 
 
 def dataset_slug(dataset: str) -> str:

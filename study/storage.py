@@ -14,6 +14,14 @@ Atomic writes, both kinds:
   never sees a partial object, and nothing is uploaded when producing the bytes raises.
 A process killed at any point leaves the previous file, or none, never a truncated one a later stage trusts.
 
+Ray's own files get the same guarantee: `ray_storage(where)` is what Ray Tune's and Train's `RunConfig`,
+`Tuner.restore` and `Tuner.can_restore` take. For a local folder it pairs the path with
+`atomic_local_filesystem()`, a pyarrow filesystem that writes every file under a hidden temporary name and
+renames it over the final name on close (Tune copies its snapshots into the study folder with
+`pyarrow.fs.copy_files`, which otherwise writes the final file in place: a driver killed during that copy
+left a truncated pickle, and a study that did not resume). An object store gets its URI and Ray's own
+filesystem: an object appears whole at close already.
+
 No Ray, no torch: every stage imports this cheaply.
 """
 
@@ -28,12 +36,14 @@ import re
 import shutil
 import tempfile
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Union
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 TEMPORARY_SUFFIX = ".tmp"  # readers ignore names that start with "." and end with this
@@ -300,3 +310,177 @@ def open_input(source: Where) -> IO[bytes]:
     """A readable binary file on `source` (close it, or use it in a `with`)."""
     location = Location.of(source)
     return location.filesystem.open_input_file(location.path)
+
+
+# ---------------------------------------------------------------------------------------- Ray's writes
+def ray_storage(where: Where) -> tuple[str, pafs.FileSystem | None]:
+    """`(storage_path, storage_filesystem)` to give Ray for `where` (`RunConfig`, `Tuner.restore`,
+    `Tuner.can_restore`): a local folder's absolute path with `atomic_local_filesystem()`, so that every file
+    Ray writes there lands atomically; an object store's URI (query kept) with None, for Ray to resolve as it
+    always has (an object appears whole at close)."""
+    location = Location.of(where)
+    return (location.path, atomic_local_filesystem()) if location.is_local else (location.uri, None)
+
+
+def atomic_local_filesystem() -> pafs.PyFileSystem:
+    """The local disk as a pyarrow filesystem whose written files appear only once complete (see
+    `AtomicLocalHandler`). It pickles (Ray sends it to every trial and worker), and it is a `PyFileSystem`, not
+    a `LocalFileSystem`: Ray's `Checkpoint.as_directory` copies such a checkpoint instead of reading it in place
+    (this project reads local checkpoints by path: `study.launch.RayContext.latest_checkpoint`)."""
+    return pafs.PyFileSystem(AtomicLocalHandler())
+
+
+class AtomicLocalHandler(pafs.FileSystemHandler):
+    """`pyarrow.fs.LocalFileSystem`, except that a file opened for writing (`open_output_stream`, and
+    `copy_file`) is written to `.<name>.<random>.tmp` beside its final name, then flushed, fsynced and renamed
+    over it on close, as `atomic_write` does. A process killed before the close, a write that fails, or a copy
+    that pyarrow abandons half-way (it drops the stream without closing it) leaves the previous file, or none:
+    at most a hidden temporary file, which no reader here or in Ray takes for a result.
+
+    pyarrow closes a stream when a `with` block around it exits, exception or not, and tells the handler
+    nothing: a caller whose code raises between two writes publishes what it wrote, as LocalFileSystem does.
+    Ray writes each file in one `write` or with `copy_files`, so this does not arise there.
+    """
+
+    def __init__(self) -> None:
+        self._local = pafs.LocalFileSystem()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def get_type_name(self) -> str:
+        return "atomic-local"
+
+    def normalize_path(self, path: str) -> str:
+        return self._local.normalize_path(path)
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        return self._local.get_file_info(paths)
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        return self._local.get_file_info(selector)
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        self._local.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path: str) -> None:
+        self._local.delete_dir(path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self._local.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        raise OSError("refusing to delete the contents of the local filesystem's root")
+
+    def delete_file(self, path: str) -> None:
+        self._local.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self._local.move(src, dest)  # a rename: atomic already
+
+    def copy_file(self, src: str, dest: str) -> None:
+        # pyarrow's copy_files calls this, not a stream, when both sides are this filesystem.
+        with self._local.open_input_stream(src) as source:
+            output = _AtomicOutput(dest)
+            try:
+                shutil.copyfileobj(source, output, _COPY_CHUNK_BYTES)
+            except BaseException:
+                output.discard()
+                raise
+            output.close()
+
+    def open_input_stream(self, path: str) -> pa.NativeFile:
+        return self._local.open_input_stream(path)
+
+    def open_input_file(self, path: str) -> pa.NativeFile:
+        return self._local.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata: dict[str, str] | None) -> pa.NativeFile:
+        return pa.PythonFile(_AtomicOutput(path), mode="w")
+
+    def open_append_stream(self, path: str, metadata: dict[str, str] | None) -> pa.NativeFile:
+        # Appending keeps what the file held; Ray does not append to its storage.
+        return self._local.open_append_stream(path)
+
+
+_COPY_CHUNK_BYTES = 8 * 2**20
+
+
+class _AtomicOutput:
+    """A file being written under a hidden temporary name; `close()` publishes it under `path`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        # Named, not mkstemp: O_CREAT with 0o666 gives the file the mode (umask applied) a plain write would,
+        # where mkstemp makes it 0600 (other users of a shared study folder could no longer read Ray's files).
+        self.temporary = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}{TEMPORARY_SUFFIX}")
+        descriptor = os.open(self.temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        self._file: BinaryIO | None = os.fdopen(descriptor, "wb")
+        self._failed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._file is None
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data: Any) -> int:
+        assert self._file is not None, "write to a closed file"
+        try:
+            return self._file.write(data)
+        except BaseException:
+            self._failed = True  # never publish a file a write failed in (disk full, file too large)
+            raise
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def tell(self) -> int:
+        assert self._file is not None, "tell on a closed file"
+        return self._file.tell()
+
+    def close(self) -> None:
+        """Publish the file under its final name, unless a write failed (then it is discarded)."""
+        if self._file is None:
+            return
+        if self._failed:
+            self.discard()
+            return
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+            os.replace(self.temporary, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        fsync_folder(self.path.parent)
+
+    def discard(self) -> None:
+        """Drop what was written: the final name keeps its previous file, or stays absent."""
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):  # flushing what a failed write left buffered fails again
+                file.close()
+        self.temporary.unlink(missing_ok=True)
+
+    def __del__(self) -> None:
+        # pyarrow drops a stream it abandons (copy_files after a failed read) without closing it.
+        if getattr(self, "_file", None) is not None:
+            with contextlib.suppress(Exception):
+                self.discard()

@@ -56,7 +56,7 @@ from study.launch import (
     quiet_ray_train_info,
 )
 from study.spaces import StudySpace, TrialSpec, load_space, parse_space
-from study.storage import Location, read_json, write_json, write_table
+from study.storage import Location, ray_storage, read_json, write_json, write_table
 from study.tables import HISTORY_FILE, RESULTS_FILE, SEARCH, STUDY_FILE
 from study.tracking import Tracker, parse_tracking, tracker_locations, tracking_callbacks
 from study.train import train
@@ -481,10 +481,10 @@ def _run_grid(trials: list[TrialSpec], options: SweepOptions, study_dir: Locatio
 
     trainable = tune.with_resources(_restoring_latest_available(run_trial), resources)
     experiment = study_dir / "tune"
-    if options.resume and tune.Tuner.can_restore(experiment.uri):
+    if options.resume and _can_restore(experiment):
         # Tune restores the trial configs it recorded, in the format of the code that made the study: a study
         # made before hyperparameters became Tune keys resumes with its `spec` strings (describe_trial reads both).
-        tuner = tune.Tuner.restore(experiment.uri, trainable=trainable, resume_errored=True)
+        tuner = _restore(experiment, trainable)
     else:
         shared, configs = trial_configs(trials, trial_options)
         tuner = tune.Tuner(
@@ -686,14 +686,34 @@ def _reuse_actors(options: SweepOptions) -> bool:
 def _tune_run_config(experiment: Location, options: SweepOptions, total: int):
     from ray import tune
 
+    # On a local disk, a filesystem that writes each file atomically: Tune copies its snapshots into the
+    # study folder, and a driver killed during a plain copy left a truncated one that did not resume.
+    storage_path, storage_filesystem = ray_storage(experiment.parent)
     return tune.RunConfig(
-        name=experiment.name, storage_path=experiment.parent.uri,
+        name=experiment.name, storage_path=storage_path, storage_filesystem=storage_filesystem,
         failure_config=tune.FailureConfig(max_failures=options.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         callbacks=[_trial_line_callback(total),
                    *tracking_callbacks(parse_tracking(options.tracking, check=False), experiment.parent.name)],
         verbose=options.verbose,
     )
+
+
+def _can_restore(experiment: Location) -> bool:
+    """Whether `experiment` holds a Tune experiment to resume, read through the filesystem it is written with."""
+    from ray import tune
+
+    path, filesystem = ray_storage(experiment)
+    return tune.Tuner.can_restore(path, storage_filesystem=filesystem)
+
+
+def _restore(experiment: Location, trainable):
+    """`Tuner.restore` of `experiment`, writing on through the filesystem `_tune_run_config` gives a new one
+    (Tune takes the restored run's filesystem from this call, not from the study)."""
+    from ray import tune
+
+    path, filesystem = ray_storage(experiment)
+    return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, storage_filesystem=filesystem)
 
 
 def _describe(trial) -> TrialDescription:
@@ -726,8 +746,8 @@ def _run_search(space: StudySpace, method: str, overrides: dict[str, Any], optio
     assert space.num_samples is not None  # study/spaces.py requires it of a search design
     trainable = tune.with_resources(_restoring_latest_available(_searched_trial), resources)
     experiment = study_dir / f"tune-{method}"
-    if options.resume and tune.Tuner.can_restore(experiment.uri):
-        results = tune.Tuner.restore(experiment.uri, trainable=trainable, resume_errored=True).fit()
+    if options.resume and _can_restore(experiment):
+        results = _restore(experiment, trainable).fit()
         _upload_optuna_copy(study_dir, options)
         _raise_if_interrupted(results, expected=space.num_samples)
         return

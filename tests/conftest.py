@@ -29,8 +29,8 @@ TESTS = Path(__file__).resolve().parent
 SLOW_FIXTURES = frozenset({"ray_session", "two_node_cluster", "s3_server"})
 # Tests on the two-node cluster run last: its idle processes would tax every test after them. The fault tests
 # run just before them: under xdist the other worker has finished the fast tests by then, and these tests time
-# their kills against the files Tune writes (see the known limit on a kill during Tune's snapshot upload in
-# RELIABILITY.md), which a loaded machine stretches.
+# their kills against the files Tune writes, which a loaded machine stretches (such a kill once landed in Tune's
+# snapshot copy: fault 9 in RELIABILITY.md).
 CLUSTER_FIXTURE = "two_node_cluster"
 # Under pytest-xdist (the README's `-n 2`, with `--dist loadgroup` from pyproject.toml) the slow tests form one
 # group that one worker runs in order, exactly as a serial run does (one local Ray runtime, the cluster last,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -66,6 +67,13 @@ def test_ray_train_run_restarts_from_checkpoint_and_resumes_on_rerun(ray_session
     assert written["test_top1"] == first["test_top1"]
 
     # A second run started with the same name on the same storage picks up the finished run's state.
-    second = run_training(config, storage=storage, name="digits-supcon")
+    snapshot = Path(first["run_path"]) / "checkpoint_manager_snapshot.json"  # Ray Train's record of the run
+    with snapshot.open("rb") as held:
+        recorded = held.read()
+        second = run_training(config, storage=storage, name="digits-supcon")
+        # Train rewrote its snapshot by a rename (atomically: a kill leaves the old one or the new one), not in
+        # place: the file held open is the old one, unchanged.
+        held.seek(0)
+        assert os.fstat(held.fileno()).st_ino != snapshot.stat().st_ino and held.read() == recorded
     assert second["resumed_from"] == "finished"
     assert second["test_top1"] == first["test_top1"]

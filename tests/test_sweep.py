@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import optuna
@@ -106,10 +107,38 @@ vary:
 
     # Resuming a finished study re-runs nothing: rows and checkpoints stay byte-identical.
     before = {path: Path(path).read_bytes() for path in completed["checkpoint"]}
+    snapshots = SnapshotFiles(Path(study) / "tune")
     run_sweep(str(space), {}, SweepOptions(storage=str(storage), name="tiny-study", resume=True, verbose=0))
     again = pd.read_parquet(study / "results.parquet").set_index("trial_id")
     assert again.loc[completed.index, "test_top1"].equals(completed["test_top1"])
     assert all(Path(path).read_bytes() == data for path, data in before.items())
+    # The resumed run wrote Tune's snapshots atomically too (Tuner.restore got the study's filesystem).
+    assert snapshots.replaced_never_rewritten() >= {"experiment_state", "search_gen_state"}
+
+
+class SnapshotFiles:
+    """Tune's snapshot files in an experiment folder, each held open: a file replaced by a rename (an atomic
+    write) is a new file at the name while the held one keeps the old bytes; a file rewritten in place (what a
+    kill can cut short) is the held file itself, changed."""
+
+    PATTERNS = ("experiment_state-*.json", "search_gen_state-*.json", "tuner.pkl")
+
+    def __init__(self, experiment: Path):
+        self.held = {path: (path.open("rb"), path.read_bytes())
+                     for pattern in self.PATTERNS for path in experiment.glob(pattern)}
+        assert len(self.held) == len(self.PATTERNS), sorted(path.name for path in self.held)
+
+    def replaced_never_rewritten(self) -> set[str]:
+        """The kinds of snapshot (name before the first '-' or '.') replaced since; fails on one rewritten in place."""
+        replaced = set()
+        for path, (file, data) in self.held.items():
+            with file:
+                if os.fstat(file.fileno()).st_ino != path.stat().st_ino:
+                    assert file.read() == data, f"{path.name}: the old file changed after it was replaced"
+                    replaced.add(path.name.split("-")[0].split(".")[0])
+                else:
+                    assert file.read() == data, f"{path.name} was rewritten in place"
+        return replaced
 
 
 def test_search_design_runs_optuna_with_asha_and_persists_the_study(ray_session, tmp_path, monkeypatch):
