@@ -3,38 +3,41 @@
 At the paper's scale the per-image CPU pipeline (`study.augment.build_train_transform`), not the GPU,
 sets a trial's speed (issue 14). `BatchAugment` runs the same policies on a batch of decoded uint8 (or
 float in [0, 1]) images where the model runs, with per-sample random parameters, and returns the
-normalised float batch the model sees. It is built on kornia because kornia is a maintained, tested
-library of batched, differentiable, device-agnostic augmentations (per-sample parameters, GPU and CPU),
-so nothing here is a hand-written image kernel except a few one-line colour blends.
+normalised float batch the model sees.
+
+What it is built from, and why: the crop's box sampler and the grey conversion are kornia's (a maintained
+library of batched augmentations). The ops themselves are short compositions of torch ops (a gather,
+`grid_sample`, a depthwise convolution, a histogram, in-place blends) written to reproduce what the per-image
+path's PIL / torchvision ops do, pixel for pixel where PIL's conventions allow. kornia's versions were tried
+first and replaced op by op (2026-12-08, measured on one core at 224 px): its `warp_affine` with a fill
+samples the image and a mask (10x slower than one gather) and uses other pixel centres than PIL; its colour
+jitter draws one order of the four steps per batch and allocates a full-size tensor per clamp; its
+`equalize`, `sharpness` and `posterize` use full-size masks and `torch.where`, which run unvectorised on the
+CPU, and its equalize histogram differed from PIL's by a level. With kornia's ops the batched path was
+slower per core than the per-image path for five of the seven policies (BENCHMARKS.md section 6); now
+every policy is faster. tests/test_batched_augment.py compares each op with torchvision's on a PIL image.
 
 Every constant comes from `study.augment` (crop area and aspect, jitter strength and probabilities,
 blur sigma / kernel / probability, RandAugment's 0..10 magnitude scale and grey fill, the AutoAugment
 policy per size), and AutoAugment's / RandAugment's op tables are torchvision's own (the tables the
 per-image path uses), so both paths sample the same op mix and magnitudes. All randomness comes from
-torch's global generator (kornia draws its parameters there too), so `torch.manual_seed` makes a batch
+torch's global generator (kornia's crop sampler draws there too), so `torch.manual_seed` makes a batch
 reproducible; every sample, and so every view of one image, gets its own parameters.
 
 Where the batched path differs from the per-image path (listed in FIDELITY.md):
 - Arithmetic: the per-image path works on uint8 PIL images and rounds after every step; this path stays
-  in float [0, 1] until normalisation (differences of about 1/255 per step).
+  in float [0, 1] until normalisation (differences of about 1/255 per step; ops on levels, Posterize and
+  Equalize, take the truncated level floor(255 x) as torchvision's float-to-uint8 conversion does).
 - Random-resized crop: the boxes come from kornia's `RandomResizedCrop` sampler, which samples as
   torchvision does (area uniform, log-aspect uniform, 10 tries, the same fallback); each box is cut from
   the uint8 image and resized with torch's antialiased bilinear resize (uint8 on the CPU, as torchvision
   resizes uint8 tensors; float on a GPU), close to PIL's resize of the per-image path but not bit-equal.
   (kornia's own crop converts the full-size batch to float first and resizes without antialiasing: 2-3x
   slower on the CPU at 224 px.)
-- Colour jitter: kornia's `ColorJitter` uses torchvision's formulas (multiplicative brightness, blends
-  towards the grey mean / grey image, torchvision's hue shift, here computed by `_adjust_hue`, faster on
-  the CPU than kornia's, same result) and draws the factors per sample, but one random order of the four
-  steps per batch, not per image.
-- AutoAugment / RandAugment: torchvision's op tables with per-sample op choice, probability, magnitude and
-  sign (kornia's own `auto.RandAugment`/`AutoAugment` choose the ops once per batch, and its RandAugment
-  takes M on a 0..30 scale with TF's translate and enhance ranges, so they are not used); the ops are
-  kornia's (`warp_affine` with nearest sampling and the policy's fill, `equalize`, `posterize`,
-  `sharpness`) and torch blends. Equalize uses kornia's histogram, which can differ from PIL's by a level.
-- Rotation (SimAugment) and the perspective warp use kornia's bilinear warps with zero fill, as
-  torchvision's; pixel-centre conventions (align_corners) differ by up to half a pixel.
-- Gaussian blur: kornia's separable blur with reflect padding, sigma drawn per sample, the same kernel size.
+- Colour jitter, Color, Contrast and Sharpness blend with an unrounded grey image / grey mean, where PIL
+  rounds them to a level (outputs up to 1.5 levels apart).
+- Rotation and perspective (SimAugment): PIL's bilinear transform, but the inside/outside decision for a
+  point on the image's edge is made in float32 (PIL: float64), so a few edge pixels differ.
 - Images of different sizes (an image folder) arrive as a list: the crop runs per image on the full
   decoded image (same statistics), everything after it on the batch.
 """
@@ -509,7 +512,9 @@ def _random_gaussian_blur(x: torch.Tensor, *, kernel_size: int, sigma: tuple[flo
 
 def _gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: torch.Tensor) -> torch.Tensor:
     """Blur each sample of x [n, C, H, W] with its own sigma [n]: taps exp(-d^2 / 2 sigma^2), normalised, over
-    d = -r..r (`study.augment.gaussian_blur`'s kernel), reflect padding, rows then columns."""
+    d = -r..r (`study.augment.gaussian_blur`'s kernel), reflect padding, rows then columns. One depthwise
+    convolution per axis over every sample's channels, laid out channels-last: oneDNN's fast layout for it (4
+    images at 224 px: 2.5 ms, kornia's gaussian_blur2d 8.4 ms, on one core here)."""
     n, channels, height, width = x.shape
     radius = kernel_size // 2
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
