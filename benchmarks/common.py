@@ -11,9 +11,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -42,10 +43,10 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> No
     """Rows as a Markdown-compatible table (pastes into BENCHMARKS.md as is)."""
     cells = [[format_cell(row.get(key), spec) for key, _, spec in columns] for row in rows]
     widths = [max([len(title)] + [len(line[i]) for line in cells]) for i, (_, title, _) in enumerate(columns)]
-    print("| " + " | ".join(title.ljust(width) for (_, title, _), width in zip(columns, widths)) + " |")
+    print("| " + " | ".join(title.ljust(width) for (_, title, _), width in zip(columns, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
     for line in cells:
-        print("| " + " | ".join(cell.rjust(width) for cell, width in zip(line, widths)) + " |")
+        print("| " + " | ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)) + " |")
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -86,12 +86,12 @@ def simulate(seeds: int, studies: int, sigma: float, confidence: float, n_boot: 
             for method in METHODS:
                 mu = np.array(per_method[method])
                 groups[method] = [m + sigma * rng.standard_normal(seeds) for m in mu]
-                truths[method] = dict(zip(("std", "range"), map(float, spread(mu))))
+                truths[method] = dict(zip(("std", "range"), map(float, spread(mu)), strict=True))
                 setting_means = np.array([g.mean() for g in groups[method]])
-                estimates[method] = dict(zip(("std", "range"), map(float, spread(setting_means))))
+                estimates[method] = dict(zip(("std", "range"), map(float, spread(setting_means)), strict=True))
                 curves[method] = spread_confidence(groups[method], n_boot=n_boot, rng=rng)
                 boot = old_bootstrap_setting_means(groups[method], n_boot, rng)
-                olds[method] = dict(zip(("std", "range"), spread(boot, axis=1)))
+                olds[method] = dict(zip(("std", "range"), spread(boot, axis=1), strict=True))
                 for statistic in ("std", "range"):
                     truth, label = truths[method][statistic], f"{statistic}, {method}"
                     record(family, label, "new", curves[method][statistic].interval(confidence), truth)

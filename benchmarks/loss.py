@@ -23,7 +23,7 @@ import contextlib
 import os
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{NUM_CLASSES} classes, float32, forward+backward, median over repeats"
           + ("" if pml else "; pytorch-metric-learning not installed (pip install pytorch-metric-learning)"))
 
-    header = f"{'shape':>14} {'contender':<24} {'loss':>10} {'ms':>9} {'peak MB':>9} {'t/ref':>6} {'mem/ref':>8} {'t/floor':>8}"
+    header = (f"{'shape':>14} {'contender':<24} {'loss':>10} {'ms':>9} {'peak MB':>9} {'t/ref':>6} {'mem/ref':>8} "
+              f"{'t/floor':>8}")
     print(header)
     print("-" * len(header))
     failures = []

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +73,7 @@ def bench_loss(device: torch.device, repeats: int) -> list[dict]:
         features.grad = None
         fn(features, labels, TEMPERATURE).backward()
 
-    for name, (fn, _) in contenders.items():
+    for fn, _ in contenders.values():
         step(fn)  # warm-up
     for _ in range(repeats):  # round-robin: the shared machine's noise hits both alike
         for name, (fn, _) in contenders.items():

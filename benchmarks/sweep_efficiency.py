@@ -60,7 +60,7 @@ def write_spaces(folder: Path, epochs: int, asha_options: dict = ASHA) -> tuple[
             "num_samples": len(GRID["lr"]) * len(GRID["augmentation"]),
             "sampler": "GridSampler", "sampler_args": {"search_space": GRID, "seed": 0}, "scheduler": asha_options}
     paths = folder / "bench_grid.yaml", folder / "bench_asha.yaml"
-    for path, space in zip(paths, (grid, asha)):
+    for path, space in zip(paths, (grid, asha), strict=True):
         path.write_text(yaml.safe_dump(space, sort_keys=False))
     return paths
 
