@@ -232,7 +232,8 @@ def build_report(
             spread intervals' parametric bootstrap (analysis/stability.py).
 
     Returns:
-        (html_path, md_path).
+        (html_path, md_path): local files; for a study on an object store, the local copies of the report
+        uploaded beside its tables.
 
     Example::
 
@@ -268,7 +269,6 @@ def build_report(
             stale.unlink()
     if not target.is_local:
         _upload_report(out, target, drawn)
-        print(f"report written to {target / html_path.name}; local copy to open: {html_path}", flush=True)
     return html_path, md_path
 
 

@@ -200,7 +200,8 @@ def test_c_robustness_and_report_from_the_bucket(s3_server, two_node_cluster, se
     # Every figure the Markdown shows is in the bucket beside it.
     figures = re.findall(r"\]\((report_figures/[^)]+)\)", s3_server.read(f"{prefix}/report.md").decode())
     assert figures and all(f"{prefix}/{figure}" in keys for figure in figures)
-    # The printed local copy exists and is the same report.
+    # The printed local copy exists and is the same report; where the report is is said once.
+    assert printed.count("local copy to open") == 1, printed
     local = Path(re.search(r"local copy to open: (\S+)", printed).group(1))
     assert local.is_file() and local.read_bytes() == html
     assert not local_study_files(cwd)
