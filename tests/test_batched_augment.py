@@ -1,7 +1,7 @@
 """The batched (device) augmentation path against the per-image path: the same crop area / aspect / flip
 statistics (read back from images whose pixels encode their coordinates), the same jitter / grayscale
 rates, the same sharpness distribution on real images, the same RandAugment / AutoAugment op mix and
-magnitudes, independent views, seeded repeats, bad values rejected, tiny end-to-end training runs with
+magnitudes, each op and warp against torchvision's on a PIL image, independent views, seeded repeats, bad values rejected, tiny end-to-end training runs with
 data_pipeline="device", and the same under Ray Train with two workers and inside a one-worker Tune trial."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 from scipy.stats import chi2_contingency, ks_2samp
 
-from study.augment import build_train_transform
+from study.augment import RANDAUGMENT_FILL, build_train_transform
 from study.batched_augment import BatchAugment, build_batch_augment, resolve_data_pipeline
-from study.config import AUGMENTATIONS, Config, ConfigError
+from study.config import AUGMENTATIONS, RANDAUGMENT_MAX_MAGNITUDE, Config, ConfigError
 from study.data import DecodedDataset, collate_decoded
 
 RAW = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}  # output = pixels / 255
@@ -446,9 +446,9 @@ def test_every_op_matches_torchvisions_op_on_a_pil_image(table):
 
     from study.batched_augment import _apply_op
 
-    reference = v2.RandAugment(fill=128) if table == "randaugment" else v2.AutoAugment()
-    space, bins, fill = ((reference._AUGMENTATION_SPACE, 31, 128) if table == "randaugment"
-                         else (reference._AUGMENTATION_SPACE, 10, 0))
+    reference = v2.RandAugment(fill=RANDAUGMENT_FILL) if table == "randaugment" else v2.AutoAugment()
+    bins, fill = (RANDAUGMENT_MAX_MAGNITUDE + 1, RANDAUGMENT_FILL) if table == "randaugment" else (10, 0)
+    space = reference._AUGMENTATION_SPACE
     image = _pil_op_image()
     batch = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
     for name, (magnitudes_fn, signed) in space.items():
