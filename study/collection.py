@@ -10,6 +10,9 @@ with it runs whatever code the folder holds. This module reads only JSON:
   (`{"_type": "CLOUDPICKLE_FALLBACK", ...}`, and the hex strings of the trial's non-JSON fields) stay
   undecoded strings.
 - each trial folder's `result.json` (one JSON object per reported result: the history) and `error.txt`.
+- the sweep's own `trial_errors.json` (study.tables.TRIAL_ERRORS_FILE) in the study folder: the trials Tune
+  errored. Tune 2.60 leaves a trial whose node was lost RUNNING in its state when it errors it (it
+  rewrites the state only through the trial's live actor); such a trial reads `failed` with that error.
 
 No Ray, no torch: `collect` and the report can read a copied study folder on a laptop, and on any
 `pyarrow.fs` filesystem (local disk, S3, GCS).
@@ -37,7 +40,14 @@ from typing import Any
 import pandas as pd
 from pyarrow.fs import FileSelector, FileSystem, FileType
 
-from study.tables import HISTORY_COLUMNS, MODEL_FILE, RESULT_FINAL_COLUMNS, RESULT_ID_COLUMNS, SEARCH
+from study.tables import (
+    HISTORY_COLUMNS,
+    MODEL_FILE,
+    RESULT_FINAL_COLUMNS,
+    RESULT_ID_COLUMNS,
+    SEARCH,
+    TRIAL_ERRORS_FILE,
+)
 
 # ------------------------------------------------------------------------------------------- trial format
 TRIAL_KEY = "trial"  # an enumerated trial's name, e.g. supcon-base-seed0
@@ -128,9 +138,11 @@ def collect_trials(filesystem: FileSystem, study_path: str, space_name: str) -> 
     Reads only JSON (see the module docstring); a study interrupted at any point reads as far as Tune
     recorded it (unfinished trials are `pending`)."""
     rows, history = [], []
+    recorded = recorded_errors(filesystem, study_path)
     for experiment in _experiments(filesystem, study_path):
+        errors = recorded.get(posixpath.basename(experiment), {})
         for state in _trial_states(filesystem, experiment):
-            row, trial_history = _trial_row(filesystem, state, space_name)
+            row, trial_history = _trial_row(filesystem, state, space_name, errors.get(state.trial_id))
             rows.append(row)
             history.extend(trial_history)
     results = pd.DataFrame(rows)
@@ -199,6 +211,26 @@ def recorded_trials(filesystem: FileSystem, experiment: str) -> tuple[set[str], 
     return names, {state.trial_id for state in states if state.status not in ("TERMINATED", "ERROR")}
 
 
+def recorded_errors(filesystem: FileSystem, study_path: str) -> dict[str, dict[str, str]]:
+    """The sweep's record of the trials Tune errored in the study folder `study_path`: {experiment folder name:
+    {Tune trial id: error}}, empty without one."""
+    text = _read_text(filesystem, posixpath.join(study_path, TRIAL_ERRORS_FILE))
+    try:
+        recorded = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    if not isinstance(recorded, dict):
+        return {}
+    return {str(experiment): {str(trial): str(error) for trial, error in errors.items()}
+            for experiment, errors in recorded.items() if isinstance(errors, dict)}
+
+
+def last_error_line(text: str) -> str:
+    """What the results table's `error` says of an error text (Tune's traceback): its last line, or "failed"."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "failed"
+
+
 def _results(filesystem: FileSystem, folder: str) -> list[dict[str, Any]]:
     """A trial's reported results, oldest first, from its result.json (a line cut short by a kill is skipped)."""
     text = _read_text(filesystem, posixpath.join(folder, TRIAL_RESULTS_FILE)) or ""
@@ -213,12 +245,18 @@ def _results(filesystem: FileSystem, folder: str) -> list[dict[str, Any]]:
     return records
 
 
-def _trial_row(filesystem: FileSystem, state: _TrialState,
-               study: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _trial_row(filesystem: FileSystem, state: _TrialState, study: str,
+               recorded_error: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`recorded_error`: the sweep's record of the trial's error (`recorded_errors`). It counts only while Tune's
+    state has the trial unfinished: a finished state (TERMINATED, ERROR) is the later word, e.g. after a
+    resumed sweep ran the trial again."""
     described = describe_trial(state.config, trial_id=state.trial_id)
     records = _results(filesystem, state.folder)
     last = state.last_result
     status = trial_status(state.status, last)
+    lost = recorded_error is not None and state.status not in ("TERMINATED", "ERROR")
+    if lost:
+        status = "failed"
     epochs = pd.DataFrame(records)
     epochs = epochs[epochs["stage"].isin(TRAINING_STAGES)] if "stage" in epochs else pd.DataFrame()
     if len(epochs):  # a retried or resumed trial reports again the epochs after its checkpoint: keep the last
@@ -239,7 +277,7 @@ def _trial_row(filesystem: FileSystem, state: _TrialState,
         "test_top5": last.get("test_top5", math.nan) if status == "completed" else math.nan,
         "wall_seconds": last.get("time_total_s", math.nan), "checkpoint": checkpoint,
         "node_id": last.get("node_id", ""),
-        "error": _error_message(filesystem, state) if status == "failed" else "",
+        "error": (recorded_error if lost else _error_message(filesystem, state)) if status == "failed" else "",
         "config": json.dumps(described.config if described.config is not None else state.config, sort_keys=True,
                              default=str),
     }
@@ -275,6 +313,5 @@ def _error_message(filesystem: FileSystem, state: _TrialState) -> str:
             continue
         text = _read_text(filesystem, posixpath.join(state.folder, posixpath.basename(name)))
         if text is not None:
-            lines = [line for line in text.splitlines() if line.strip()]
-            return lines[-1][:500] if lines else "failed"
+            return last_error_line(text)
     return "failed"

@@ -40,6 +40,8 @@ from study.collection import (
     TrialDescription,
     collect_trials,
     describe_trial,
+    last_error_line,
+    recorded_errors,
     recorded_trials,
     trial_status,
 )
@@ -57,7 +59,7 @@ from study.launch import (
 )
 from study.spaces import StudySpace, TrialSpec, load_space, parse_space
 from study.storage import Location, ray_storage, read_json, write_json, write_table
-from study.tables import HISTORY_FILE, RESULTS_FILE, SEARCH, STUDY_FILE
+from study.tables import HISTORY_FILE, RESULTS_FILE, SEARCH, STUDY_FILE, TRIAL_ERRORS_FILE
 from study.tracking import Tracker, parse_tracking, tracker_locations, tracking_callbacks
 from study.train import train
 
@@ -693,7 +695,7 @@ def _tune_run_config(experiment: Location, options: SweepOptions, total: int):
         name=experiment.name, storage_path=storage_path, storage_filesystem=storage_filesystem,
         failure_config=tune.FailureConfig(max_failures=options.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[_trial_line_callback(total),
+        callbacks=[_trial_line_callback(total), _trial_errors_callback(),
                    *tracking_callbacks(parse_tracking(options.tracking, check=False), experiment.parent.name)],
         verbose=options.verbose,
     )
@@ -826,6 +828,45 @@ def _trial_line_callback(total: int):
                 print(f"[{self._elapsed()}] {running} running, {finished}/{total} finished", flush=True)
 
     return _TrialLineCallback()
+
+
+def _trial_errors_callback():
+    """A Tune callback keeping the study folder's TRIAL_ERRORS_FILE: each trial Tune errors, with its error's last
+    line, until the trial starts again (a resumed sweep reruns errored trials). Tune 2.60 leaves a trial whose node
+    was lost RUNNING in its experiment state (it rewrites a trial's state only through its live actor), so without
+    this record `collect` would list the trial `pending`. Written by the driver alone, atomically."""
+    from ray.tune import Callback
+
+    class _TrialErrorsCallback(Callback):
+        def _update(self, trial, error: str | None) -> None:
+            experiment = _trial_experiment(trial)
+            recorded = recorded_errors(experiment.filesystem, experiment.parent.path)
+            errors = recorded.setdefault(experiment.name, {})
+            if error is not None:
+                errors[trial.trial_id] = error
+            elif errors.pop(trial.trial_id, None) is None:
+                return
+            write_json(experiment.parent / TRIAL_ERRORS_FILE, recorded)
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self._update(trial, None)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            error_file = trial.error_file  # Tune's error.txt in the driver's staging folder, written by now
+            text = Path(error_file).read_text(errors="replace") if error_file and Path(error_file).is_file() else ""
+            self._update(trial, last_error_line(text))
+
+    return _TrialErrorsCallback()
+
+
+def _trial_experiment(trial) -> Location:
+    """The experiment folder Tune writes a trial's results into now. Taken from the trial, not given to a callback:
+    Tune restores its callbacks from tuner.pkl, so one would write into the folder the study was made in, not
+    the one it is resumed from."""
+    filesystem, path = trial.storage.storage_filesystem, trial.storage.experiment_fs_path
+    if filesystem.type_name in ("local", "py::atomic-local"):  # pyarrow's, or study.storage's atomic one
+        return Location.of(path)
+    return Location(filesystem, path, scheme=filesystem.type_name)
 
 
 def _trial_line(trial, failed: bool = False) -> str:

@@ -22,6 +22,10 @@ RESULTS_CSV = "results.csv"
 HISTORY_FILE = "history.parquet"
 ROBUSTNESS_FILE = "robustness.parquet"
 MODEL_FILE = "model.pt"  # a trial's final classifier, for evaluation
+# {Tune experiment folder name: {Tune trial id: its error's last line}} of every trial Tune errored, written by the
+# sweep as Tune reports it: Tune's experiment state can keep such a trial RUNNING (its node was lost). In the study
+# folder, not the experiment's: Tune copies an experiment folder's *.json down on resume and back up over ours.
+TRIAL_ERRORS_FILE = "trial_errors.json"
 
 # ------------------------------------------------------------------------------------------- results
 RESULT_ID_COLUMNS = ("study", "trial_id", "method", "varied")

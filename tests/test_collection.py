@@ -226,3 +226,76 @@ def test_progress_line_of_an_old_format_trial():
     trial = SimpleNamespace(config={"spec": _old_format_spec(spec), "options": TRIAL_OPTIONS}, trial_id="a_00000",
                             status="TERMINATED", last_result={"stage": "final", "test_top1": 50.0})
     assert sweep._trial_line(trial).startswith(f"trial {spec.trial_name} [{spec.method}] ")
+
+
+# ----------------------------------------------------------------------------------------- errors Tune left out
+def _experiment_state(experiment: Path, *trials: tuple[str, str, dict]) -> None:
+    """An experiment state of enumerated trials (Tune id, Tune status, last result), each with an error.txt."""
+    options = {"configs": {"ce": {"method": "ce", "lr": 0.5}}, "hyperparameters": {"ce": ["lr"]}}
+    data = []
+    for trial_id, status, last in trials:
+        config = {"trial": f"ce-{trial_id}", "varied": "lr", "method": "ce", "seed": 0, "lr": 0.1, "options": options}
+        (experiment / trial_id).mkdir(parents=True)
+        (experiment / trial_id / "error.txt").write_text("Failure # 1\nValueError: from error.txt\n")
+        state = {"trial_id": trial_id, "status": status, "config": config, "relative_logdir": trial_id}
+        data.append([json.dumps(state), json.dumps({"last_result": last})])
+    (experiment / "experiment_state-2026-12-08_00-00-00.json").write_text(json.dumps({"trial_data": data}))
+
+
+def test_a_trial_tune_left_running_reads_failed_when_the_sweep_recorded_its_error(tmp_path):
+    """Tune 2.60 keeps a trial whose node was lost RUNNING in its experiment state when it errors it; the sweep's
+    errors file says it failed. Tune's finished states win (a resumed sweep reran the trial); without the file,
+    nothing changes."""
+    from pyarrow.fs import LocalFileSystem
+
+    from study.collection import collect_trials
+    from study.tables import TRIAL_ERRORS_FILE
+
+    final = {"stage": "final", "status": "completed", "test_top1": 50.0, "epochs_run": 1}
+    experiment = tmp_path / "tune"
+    _experiment_state(experiment, ("lost", "RUNNING", {"stage": "ce", "epoch": 1}), ("rerun", "TERMINATED", final),
+                      ("raised", "ERROR", {}), ("running", "RUNNING", {"stage": "ce", "epoch": 1}))
+
+    def table() -> dict[str, tuple[str, str]]:
+        results, _ = collect_trials(LocalFileSystem(), str(tmp_path), "tiny")
+        return {row.trial_id: (row.status, row.error) for row in results.itertuples()}
+
+    before = {"ce-lost": ("pending", ""), "ce-rerun": ("completed", ""),
+              "ce-raised": ("failed", "ValueError: from error.txt"), "ce-running": ("pending", "")}
+    assert table() == before
+    recorded = {"lost": "ActorDiedError: node lost", "rerun": "stale", "raised": "stale"}
+    (tmp_path / TRIAL_ERRORS_FILE).write_text(json.dumps({"tune-other": {"running": "another experiment's"}}))
+    assert table() == before
+    (tmp_path / TRIAL_ERRORS_FILE).write_text(json.dumps({"tune": recorded}))
+    assert table() == {**before, "ce-lost": ("failed", "ActorDiedError: node lost")}
+
+
+def test_the_errors_callback_records_an_errored_trial_until_it_starts_again(tmp_path):
+    from pyarrow.fs import LocalFileSystem
+
+    from study import sweep
+    from study.storage import atomic_local_filesystem
+    from study.tables import TRIAL_ERRORS_FILE
+
+    error_file = tmp_path / "staging" / "error.txt"
+    error_file.parent.mkdir()
+    error_file.write_text("Failure # 1 (occurred at 2026-12-08)\nray.exceptions.ActorDiedError: The actor died\n")
+    # As Tune holds them: error.txt in the driver's staging folder, the storage the experiment is written to.
+    lost = SimpleNamespace(trial_id="a_1", error_file=str(error_file), storage=SimpleNamespace(
+        storage_filesystem=atomic_local_filesystem(), experiment_fs_path=str(tmp_path / "tune")))
+    other = SimpleNamespace(trial_id="b_2", error_file=None, storage=SimpleNamespace(
+        storage_filesystem=LocalFileSystem(), experiment_fs_path=str(tmp_path / "tune")))
+    callback = sweep._trial_errors_callback()
+    recorded = tmp_path / TRIAL_ERRORS_FILE  # in the study folder, beside the experiment's
+
+    callback.on_trial_start(iteration=1, trials=[lost, other], trial=lost)
+    assert not recorded.exists()  # nothing to clear: nothing written
+    callback.on_trial_error(iteration=2, trials=[lost, other], trial=lost)
+    callback.on_trial_error(iteration=3, trials=[lost, other], trial=other)  # no error.txt: "failed"
+    assert json.loads(recorded.read_text()) == {"tune": {"a_1": "ray.exceptions.ActorDiedError: The actor died",
+                                                         "b_2": "failed"}}
+    callback.on_trial_start(iteration=4, trials=[lost, other], trial=lost)  # a resumed sweep runs it again
+    assert json.loads(recorded.read_text()) == {"tune": {"b_2": "failed"}}
+    from ray import cloudpickle
+
+    cloudpickle.loads(cloudpickle.dumps(callback))  # Tune pickles it into tuner.pkl

@@ -85,6 +85,19 @@ def _wrap_function() -> None:
     assert result.checkpoint is None and result.metrics == {"epoch": 1}
 
 
+def _trial_storage_and_error_file() -> None:
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+    from ray.tune.experiment import Trial
+
+    assert isinstance(Trial.error_file, property) and "self.storage = " in inspect.getsource(Trial.__init__)
+    assert isinstance(StorageContext.experiment_fs_path, property)
+    assert "self.storage_filesystem, self.storage_fs_path = " in inspect.getsource(StorageContext.__init__)
+    # Why the record lives in the study folder: Tune copies the experiment folder's *.json down on resume and
+    # uploads them again with its snapshots, over a newer file of ours there.
+    assert '.endswith(".json")' in inspect.getsource(_ExperimentCheckpointManager.sync_down_experiment_state)
+
+
 def _cloudpickle_by_value() -> None:
     from ray import cloudpickle
 
@@ -106,6 +119,10 @@ INTERNALS = [
     Internal("ray.tune.trainable.wrap_function, Trainable.restore(checkpoint_path: _TrainingResult)",
              "study/sweep.py _restoring_latest_available: resume past a checkpoint deleted behind Tune",
              _wrap_function),
+    Internal("Trial.error_file, Trial.storage (StorageContext.experiment_fs_path, .storage_filesystem), and Tune's "
+             "copying the experiment folder's *.json down on resume",
+             "study/sweep.py _trial_errors_callback: the trials Tune errored, recorded in the study folder",
+             _trial_storage_and_error_file),
     Internal("ray.cloudpickle.register_pickle_by_value",
              "tests/test_launch.py: the fault-injecting train loop travels to the Train worker", _cloudpickle_by_value),
 ]
