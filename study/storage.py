@@ -242,16 +242,31 @@ def atomic_write(target: Where, write: Callable[[BinaryIO], Any]) -> Location:
 
 def _atomic_write_local(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+    file, temporary = _open_temporary(path)
     try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
+        write(file)
+        _publish(file, temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # flushing what a failed write left buffered fails again
+            file.close()
+        temporary.unlink(missing_ok=True)
         raise
+
+
+def _open_temporary(path: Path) -> tuple[BinaryIO, Path]:
+    """A new hidden `.<name>.<random>.tmp` beside `path`, open for writing. Created with mode 0o666 (umask
+    applied), the mode a plain write gives, not mkstemp's 0600: other users of a shared study folder can read it."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TEMPORARY_SUFFIX}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    return os.fdopen(descriptor, "wb"), temporary
+
+
+def _publish(file: BinaryIO, temporary: Path, path: Path) -> None:
+    """Flush, fsync and close `file` (written at `temporary`), rename it over `path`, fsync the folder."""
+    file.flush()
+    os.fsync(file.fileno())
+    file.close()
+    os.replace(temporary, path)
     fsync_folder(path.parent)
 
 
@@ -387,13 +402,7 @@ class AtomicLocalHandler(pafs.FileSystemHandler):
     def copy_file(self, src: str, dest: str) -> None:
         # pyarrow's copy_files calls this, not a stream, when both sides are this filesystem.
         with self._local.open_input_stream(src) as source:
-            output = _AtomicOutput(dest)
-            try:
-                shutil.copyfileobj(source, output, _COPY_CHUNK_BYTES)
-            except BaseException:
-                output.discard()
-                raise
-            output.close()
+            _atomic_write_local(Path(dest), lambda file: shutil.copyfileobj(source, file, _COPY_CHUNK_BYTES))
 
     def open_input_stream(self, path: str) -> pa.NativeFile:
         return self._local.open_input_stream(path)
@@ -417,11 +426,8 @@ class _AtomicOutput:
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
-        # Named, not mkstemp: O_CREAT with 0o666 gives the file the mode (umask applied) a plain write would,
-        # where mkstemp makes it 0600 (other users of a shared study folder could no longer read Ray's files).
-        self.temporary = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}{TEMPORARY_SUFFIX}")
-        descriptor = os.open(self.temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-        self._file: BinaryIO | None = os.fdopen(descriptor, "wb")
+        file, self.temporary = _open_temporary(self.path)
+        self._file: BinaryIO | None = file
         self._failed = False
 
     @property
@@ -461,15 +467,11 @@ class _AtomicOutput:
             self.discard()
             return
         try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
-            os.replace(self.temporary, self.path)
+            _publish(self._file, self.temporary, self.path)
         except BaseException:
             self.discard()
             raise
-        fsync_folder(self.path.parent)
+        self._file = None
 
     def discard(self) -> None:
         """Drop what was written: the final name keeps its previous file, or stays absent."""

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from study.storage import TEMPORARY_SUFFIX, Location, atomic_local_filesystem, ray_storage
+from study.storage import TEMPORARY_SUFFIX, Location, atomic_local_filesystem, ray_storage, write_json
 
 
 def names(folder: Path) -> list[str]:
@@ -82,6 +82,8 @@ def test_a_write_lands_whole_under_its_name_with_a_plain_file_s_mode(tmp_path):
     with pafs.LocalFileSystem().open_output_stream(str(tmp_path / "plain")):
         pass
     assert (tmp_path / "state.json").stat().st_mode == (tmp_path / "plain").stat().st_mode  # not mkstemp's 0600
+    write_json(tmp_path / "study.json", {})  # the study's own atomic writes get a plain file's mode too
+    assert (tmp_path / "study.json").stat().st_mode == (tmp_path / "plain").stat().st_mode
 
     # Ray's copy (pyarrow.fs.copy_files from the local disk): the copy replaces the file whole.
     (tmp_path / "staging").mkdir()
